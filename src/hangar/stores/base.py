@@ -1,0 +1,129 @@
+"""The Store contract every backend implements, and the small value types it trades in.
+
+A Store is one bucket (optionally narrowed to a key prefix) in one object store. Constructors
+parse and validate only; network or disk work happens in the named methods. Stores never print
+and hold no policy: whether a bucket may be created, reused or deleted is decided by
+`hangar.storage`. Every method translates its backend's errors into `hangar.errors` at the
+boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+# Object metadata keys (lowercase; S3/GCS/Azure all accept them as user metadata).
+META_MTIME = "hangar-mtime-ns"
+META_CHECKSUM = "hangar-md5"
+
+# Called with the number of bytes just transferred (a delta, not a running total).
+Progress = Callable[[int], None]
+
+
+def no_progress(_: int) -> None:
+    """A Progress that ignores updates."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store can do cheaply; callers branch on these, never on isinstance."""
+
+    # Listing returns the source mtime and checksum recorded at upload time.
+    listing_has_meta: bool = True
+    # The store can be mounted without FUSE (the local store: a symlink to a directory).
+    native_mount: bool = False
+    # Anonymous (credential-less) reads are possible for public buckets.
+    anonymous_read: bool = False
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What Hangar records about the source file in the object's metadata."""
+
+    mtime_ns: int
+    md5: str  # hex digest of the file's content
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as listed: its key relative to the store's prefix, and what we know of it."""
+
+    key: str
+    size: int
+    mtime_ns: int | None = None  # source mtime recorded by Hangar, if any
+    md5: str | None = None  # content checksum recorded by Hangar, if any
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class RcloneRemote:
+    """How the FUSE layer reaches a store: an rclone backend config plus a remote path.
+
+    `config` holds non-secret options; `secret_env` holds credentials, passed to rclone only
+    through its environment (RCLONE_CONFIG_<NAME>_<OPTION>), never on its command line.
+    """
+
+    backend: str
+    path: str
+    config: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One bucket (plus optional key prefix) in one object store."""
+
+    scheme: str  # "local", "s3", "gcs", "azure", "r2"
+    bucket: str
+    prefix: str  # "" or "some/prefix/" (always ends with "/" when set)
+    capabilities: Capabilities
+
+    @property
+    def url(self) -> str:
+        """Canonical URL, e.g. ``s3://bkt/prefix``."""
+        ...
+
+    def bucket_exists(self) -> bool:
+        """True when the bucket exists and is visible. Raises AccessDenied on 403."""
+        ...
+
+    def create_bucket(self, region: str | None = None) -> None:
+        """Create the bucket. Raises BucketExists when the name is taken (by anyone)."""
+        ...
+
+    def delete_bucket(self) -> None:
+        """Delete every object and then the bucket. Callers: hangar.storage only."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under the store prefix + `prefix`, keys relative to the store prefix.
+
+        Raises BucketNotFound when the bucket does not exist.
+        """
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """One object's info. Raises ObjectNotFound."""
+        ...
+
+    def put_file(self, path: Path, key: str, *, meta: FileMeta, progress: Progress) -> ObjectInfo:
+        """Upload a local file to `key`, atomically: readers see the old object or the new one.
+
+        Records `meta` in the object's metadata. Streams (memory does not grow with file size).
+        """
+        ...
+
+    def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
+        """Download `key` to `path` (parent directories must exist), writing a temporary file
+        beside it and renaming it into place. Raises ObjectNotFound."""
+        ...
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects (batched where the store can). Missing keys are not an error."""
+        ...
+
+    def mount_remote(self) -> RcloneRemote:
+        """How rclone reaches this store (for MOUNT / MOUNT_CACHED through FUSE)."""
+        ...
