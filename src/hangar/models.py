@@ -24,10 +24,12 @@ class SyncPolicy(StrEnum):
 class LocalRoot:
     """One local path feeding a storage, and the key prefix its contents land under.
 
-    A directory source is ``LocalRoot("/abs/dir", "")``. In a list source each file is
-    ``LocalRoot("/abs/file", "file")`` (key = basename, at the bucket root) and each directory
-    ``LocalRoot("/abs/dir", "dir/")`` (contents under the directory's basename).
-    Whether the path exists / is a file or a directory is checked later (preflight), not here.
+    A directory source is ``LocalRoot("/abs/dir", "")``. In a list source each element is
+    ``LocalRoot("/abs/elem", "elem")`` (its basename): a file lands at key ``elem`` (at the bucket
+    root), a directory's contents under ``elem/``. The spec cannot tell files from directories (it
+    does no I/O), so it writes the prefix without a trailing ``/``; consumers must treat
+    ``"elem"`` and ``"elem/"`` alike for a directory. Whether the path exists / is a file or a
+    directory is checked later (preflight), not here.
     """
 
     path: str

@@ -26,7 +26,9 @@ _ALIASES = {
 # Stores SkyPilot knows that Hangar does not (yet): refused with a clear message.
 UNSUPPORTED_STORES = ("oci", "ibm", "cos", "nebius", "vastdata", "coreweave", "volumes")
 
-_AZURE_HTTPS = re.compile(r"^https://(?P<account>[a-z0-9]+)\.blob\.core\.windows\.net/(?P<rest>.*)$")
+_AZURE_HTTPS = re.compile(
+    r"^https://(?P<account>[a-z0-9]+)\.blob\.core\.windows\.net/(?P<rest>.*)$"
+)
 
 
 def canonical_store_type(value: str) -> str:
@@ -40,7 +42,8 @@ def canonical_store_type(value: str) -> str:
             f"Supported stores: {', '.join(STORE_TYPES)}. To fix: choose one of those."
         )
     raise SpecError(
-        f"unknown store {value!r}. Supported stores: {', '.join(STORE_TYPES)} (any case)."
+        f"unknown store {value!r}. Supported stores: {', '.join(STORE_TYPES)} (any case). "
+        "To fix: use one of those."
     )
 
 
@@ -53,7 +56,7 @@ class ParsedUri:
 
     @property
     def url(self) -> str:
-        return format_url(self.store_type, self.bucket, self.prefix)
+        return format_url(self.store_type, self.bucket, self.prefix, account=self.account)
 
 
 _SCHEMES = {
@@ -94,30 +97,49 @@ def parse_uri(value: str) -> ParsedUri | None:
         if not m:
             raise SpecError(
                 f"{value!r}: the only https:// sources Hangar understands are Azure Blob URLs "
-                "(https://<account>.blob.core.windows.net/<container>[/prefix])."
+                "(https://<account>.blob.core.windows.net/<container>[/prefix]). To fix: use "
+                "such a URL, or download the file and use its local path."
             )
         account = m.group("account")
         rest = m.group("rest")
         bucket, _, prefix = rest.partition("/")
         if not bucket:
-            raise SpecError(f"{value!r}: no container named after the account.")
+            raise SpecError(
+                f"{value!r}: no container named after the account. To fix: append "
+                "/<container> to the URL."
+            )
         return ParsedUri("azure", bucket, prefix, account)
     if scheme in _OTHER_SCHEMES:
         raise SpecError(
             f"{value!r}: {scheme}:// buckets are not supported by Hangar yet. "
-            f"Supported: s3://, gs://, az://, r2://, local://, https://<account>.blob.core.windows.net/."
+            "Supported: s3://, gs://, az://, r2://, local://, "
+            "https://<account>.blob.core.windows.net/. To fix: copy the data to a bucket in a "
+            "supported store, or use a local path."
         )
     if scheme not in _SCHEMES:
-        raise SpecError(f"{value!r}: unknown URI scheme {scheme!r}.")
+        raise SpecError(
+            f"{value!r}: unknown URI scheme {scheme!r}. To fix: use s3://, gs://, az://, r2:// "
+            "or local://, or a local path (no scheme)."
+        )
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise SpecError(f"{value!r}: the URI names no bucket.")
+        raise SpecError(f"{value!r}: the URI names no bucket. To fix: write scheme://bucket.")
     return ParsedUri(_SCHEMES[scheme], bucket, prefix)
 
 
 _URL_SCHEME = {"s3": "s3", "gcs": "gs", "azure": "az", "r2": "r2", "local": "local"}
 
 
-def format_url(store_type: str, bucket: str, prefix: str = "") -> str:
-    url = f"{_URL_SCHEME[store_type]}://{bucket}"
+def format_url(
+    store_type: str, bucket: str, prefix: str = "", *, account: str | None = None
+) -> str:
+    """The canonical URL of `bucket` (and `prefix`) in `store_type`; `parse_uri` reads it back.
+
+    An Azure container in a named storage account is written as its https URL, so the account
+    survives the round trip (``az://`` names no account).
+    """
+    if store_type == "azure" and account:
+        url = f"https://{account}.blob.core.windows.net/{bucket}"
+    else:
+        url = f"{_URL_SCHEME[store_type]}://{bucket}"
     return f"{url}/{prefix}" if prefix else url
