@@ -1,0 +1,98 @@
+"""The sync engine: scan local sources, list the bucket, plan, then apply.
+
+`sync_up` is the one entry point for uploads; `download` (in `hangar.sync.download`) is the
+reverse direction used by COPY mounts. The equality rule lives in `hangar.sync.plan`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hangar.models import LocalRoot
+from hangar.progress import NullProgress, ProgressSink
+from hangar.stores.base import Store
+from hangar.sync.apply import ApplyResult, UploadError, apply_plan, run_bounded
+from hangar.sync.checksum import ChecksumCache
+from hangar.sync.plan import Action, Plan, PlanItem, checksum_candidates, make_plan
+from hangar.sync.scan import LocalFile, ScanResult, scan_local
+
+__all__ = [
+    "Action",
+    "ApplyResult",
+    "ChecksumCache",
+    "LocalFile",
+    "Plan",
+    "PlanItem",
+    "ScanResult",
+    "SyncReport",
+    "UploadError",
+    "apply_plan",
+    "make_plan",
+    "scan_local",
+    "sync_up",
+]
+
+
+@dataclass
+class SyncReport:
+    """What a sync decided (`plan`), what it did (`result`, None for a dry run), and what it
+    found locally (`scan`)."""
+
+    plan: Plan
+    result: ApplyResult | None
+    scan: ScanResult
+
+
+def sync_up(
+    roots: Sequence[LocalRoot],
+    store: Store,
+    *,
+    mirror: bool = False,
+    dry_run: bool = False,
+    progress: ProgressSink | None = None,
+    checksums: ChecksumCache | None = None,
+    workers: int = 16,
+) -> SyncReport:
+    """Upload what changed in `roots` to `store` (whose bucket must exist).
+
+    Checksums the plan needs are computed in parallel first. Scan warnings go to
+    ``progress.note``. With `mirror`, objects with no local file are deleted, but only after
+    every upload succeeded. `dry_run` plans without transferring.
+    Raises SpecError (bad sources), BucketNotFound, or UploadError (a SyncError with the
+    per-file failures and the partial result). A `checksums` cache passed in is left open;
+    one created here is closed here.
+    """
+    sink = progress if progress is not None else NullProgress()
+    scan = scan_local(roots)
+    for warning in scan.warnings:
+        sink.note(warning)
+    remote = {obj.key: obj for obj in store.list()}
+    cache = checksums if checksums is not None else ChecksumCache()
+    try:
+        _prefetch_checksums(checksum_candidates(scan.files, remote), cache, workers)
+        plan = make_plan(scan.files, remote, mirror=mirror, md5_of=cache.md5)
+        if dry_run:
+            return SyncReport(plan=plan, result=None, scan=scan)
+        result = apply_plan(plan, store, md5_of=cache.md5, progress=sink, workers=workers)
+        return SyncReport(plan=plan, result=result, scan=scan)
+    finally:
+        if checksums is None:
+            cache.close()
+        else:
+            cache.flush()
+
+
+def _prefetch_checksums(files: list[LocalFile], cache: ChecksumCache, workers: int) -> None:
+    """Hash the files the plan will compare, on `workers` threads (hashing releases the GIL).
+    Errors are left for the plan to meet again (it plans such files as uploads)."""
+    if len(files) < 2:
+        return
+
+    def warm(f: LocalFile) -> None:
+        with contextlib.suppress(OSError):
+            cache.md5(f)
+
+    run_bounded(files, warm, workers=workers, cancel=threading.Event())

@@ -1,0 +1,164 @@
+"""Content checksums (MD5, hex) of local files, cached so an unchanged file is never re-read.
+
+The cache key is (device, inode, size, mtime_ns): a file whose size or mtime changed misses the
+cache. Entries live in memory for the run and in SQLite (`$HANGAR_HOME/cache/checksums.db`)
+across runs. Two guards keep the persistent cache honest:
+
+- A digest is stored only when the opened file still has the scanned size and mtime (so a file
+  changed between scan and hashing never files its new digest under its old identity).
+- A digest is persisted only when the file's mtime is at least `RACY_NS` older than the moment
+  hashing began: a file rewritten within the same timestamp tick (same size, same mtime) could
+  otherwise keep a stale digest forever. Such "racy" files are hashed again on the next run.
+
+The cache is only an optimisation: if the database cannot be opened or written, it degrades to
+memory only, silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from hangar.sync.scan import LocalFile
+
+CHUNK = 4 * 1024 * 1024
+RACY_NS = 2_000_000_000
+_BATCH = 1000
+
+_Key = tuple[int, int, int, int]  # dev, ino, size, mtime_ns
+
+
+def _md5_file(path: str, buf: bytearray) -> tuple[str, os.stat_result]:
+    """Hex MD5 of the file, streamed in CHUNK-sized reads, and its fstat (taken before reading)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        st = os.fstat(fh.fileno())
+        while n := fh.readinto(view):
+            digest.update(view[:n])
+    return digest.hexdigest(), st
+
+
+class ChecksumCache:
+    """Thread-safe MD5 cache. Use as a context manager, or call `close()` (which flushes).
+
+    `hashed` counts files actually read, `hits` lookups answered without reading.
+    """
+
+    def __init__(self, db_path: Path | None = None) -> None:
+        if db_path is None:
+            from hangar.config import cache_dir
+
+            db_path = cache_dir() / "checksums.db"
+        self.db_path = db_path
+        self.hashed = 0
+        self.hits = 0
+        self._lock = threading.Lock()
+        self._memo: dict[_Key, str] = {}
+        self._pending: list[tuple[int, int, int, int, str]] = []
+        self._local = threading.local()
+        self._db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(db_path, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS checksums (dev INTEGER, ino INTEGER, size INTEGER,"
+                " mtime_ns INTEGER, md5 TEXT NOT NULL, PRIMARY KEY (dev, ino))"
+            )
+            db.commit()
+            self._db = db
+        except sqlite3.Error:
+            self._db = None
+
+    def __enter__(self) -> ChecksumCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _lookup(self, key: _Key) -> str | None:
+        with self._lock:
+            found = self._memo.get(key)
+            if found is not None or self._db is None:
+                return found
+            try:
+                row = self._db.execute(
+                    "SELECT md5 FROM checksums WHERE dev=? AND ino=? AND size=? AND mtime_ns=?",
+                    key,
+                ).fetchone()
+            except sqlite3.Error:
+                return None
+            if row is None:
+                return None
+            self._memo[key] = row[0]
+            return str(row[0])
+
+    def md5(self, f: LocalFile) -> str:
+        """Hex MD5 of `f`'s content. Reads the file only on a cache miss (in 4 MiB chunks).
+
+        Raises OSError when the file cannot be read.
+        """
+        key = (f.dev, f.ino, f.size, f.mtime_ns)
+        found = self._lookup(key)
+        if found is not None:
+            with self._lock:
+                self.hits += 1
+            return found
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(CHUNK)
+        started = time.time_ns()
+        digest, st = _md5_file(f.path, buf)
+        same = (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) == (
+            f.size,
+            f.mtime_ns,
+            f.dev,
+            f.ino,
+        )
+        with self._lock:
+            self.hashed += 1
+            if same:
+                self._memo[key] = digest
+                if f.mtime_ns <= started - RACY_NS:
+                    self._pending.append((*key, digest))
+            flush = len(self._pending) >= _BATCH
+        if flush:
+            self.flush()
+        return digest
+
+    def flush(self) -> None:
+        """Write pending digests to the database in one transaction."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if not rows or self._db is None:
+                return
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO checksums (dev, ino, size, mtime_ns, md5)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        rows,
+                    )
+            except sqlite3.Error:
+                pass  # a cache that cannot be written is merely a slower cache
+
+    def close(self) -> None:
+        """Flush and close the database (idempotent)."""
+        self.flush()
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None

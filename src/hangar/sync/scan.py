@@ -1,0 +1,304 @@
+"""Walk local sources into a flat list of files to upload, applying ignore rules and the
+symlink policy.
+
+Contract of `scan_local`:
+
+- A directory root is walked iteratively with ``os.scandir`` (one ``lstat`` per regular file);
+  keys are ``root.prefix`` + the path relative to the root, with "/" separators. A file root is
+  one file whose key is ``root.prefix`` (its basename when the prefix is empty).
+- Ignore rules, per directory root: ``.skyignore`` at the root (gitignore syntax) when present;
+  otherwise, inside a git work tree, git's own rules (asked of git itself, once per root).
+  ``.skyignore`` itself is uploaded. A ``.git`` directory or file is never uploaded, at any depth.
+  An ignored directory is pruned whole (gitignore semantics: nothing under it can be re-included).
+- Symlinks: a link whose target resolves inside the (resolved) root is followed: a file link
+  uploads the target's content under the link's key, a directory link is walked under the link's
+  name, except when the target is a directory on the current path (a loop, e.g.
+  ``circle-link -> ..``). Links resolving outside the root and dangling links are skipped and
+  reported in one aggregated warning per root and kind. Sockets, FIFOs and devices are skipped.
+- Nothing is opened here: unreadable files fail at apply time, per file. An unreadable
+  directory is a SpecError (skipping it would make its files look deleted).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+from pathspec import GitIgnoreSpec
+
+from hangar.errors import SpecError
+from hangar.models import LocalRoot
+
+SKYIGNORE = ".skyignore"
+_WARN_NAMES = 5  # how many paths a warning names before "..."
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """One local file as scanned. `path` is what to open (a symlink's resolved target)."""
+
+    key: str
+    path: str
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+
+
+@dataclass
+class ScanResult:
+    """Files sorted by key; `ignored` counts paths skipped by ignore rules (a pruned directory
+    counts once); `warnings` are one-line messages for the user (already aggregated)."""
+
+    files: list[LocalFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ignored: int = 0
+    total_bytes: int = 0
+
+
+class _Ignore:
+    """Ignore rules for one directory root: exact git-reported paths or a gitignore spec."""
+
+    def __init__(self, paths: frozenset[str] = frozenset(), spec: GitIgnoreSpec | None = None):
+        self.paths = paths
+        self.spec = spec
+
+    def __bool__(self) -> bool:
+        return bool(self.paths) or self.spec is not None
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        rel_d = rel + "/" if is_dir else rel
+        if rel in self.paths or rel_d in self.paths:
+            return True
+        return self.spec is not None and bool(self.spec.match_file(rel_d))
+
+
+def _git_ignored(root: str) -> tuple[frozenset[str], str | None]:
+    """Paths (relative to `root`; directories end with "/") that git ignores, plus a warning
+    when git exists but could not answer for a reason other than "not a repository"."""
+    argv = [
+        "git", "-C", root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+        "--directory",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(argv, capture_output=True, check=False)
+    except OSError:  # git is not installed
+        return frozenset(), None
+    if proc.returncode != 0:
+        err = os.fsdecode(proc.stderr).strip()
+        if "not a git repository" in err:
+            return frozenset(), None
+        first = err.splitlines()[0] if err else f"exit status {proc.returncode}"
+        return frozenset(), f"could not read git ignore rules for {root} ({first}); none applied"
+    out = proc.stdout.split(b"\0")
+    return frozenset(os.fsdecode(p) for p in out if p), None
+
+
+def _load_ignore(root: str, where: str) -> tuple[_Ignore, str | None]:
+    skyignore = os.path.join(root, SKYIGNORE)
+    try:
+        with open(skyignore, encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        paths, warning = _git_ignored(root)
+        return _Ignore(paths=paths), warning
+    except OSError as exc:
+        raise SpecError(
+            f"cannot read {skyignore}: {exc.strerror or exc}. "
+            "To fix: make it readable, or remove it.",
+            where=where,
+        ) from exc
+    return _Ignore(spec=GitIgnoreSpec.from_lines(lines)), None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep) or root == os.sep
+
+
+def _aggregate(what: str, names: Sequence[str], root: str) -> str:
+    shown = ", ".join(names[:_WARN_NAMES]) + (" ..." if len(names) > _WARN_NAMES else "")
+    plural = "symlink" if len(names) == 1 else "symlinks"
+    return f"skipped {len(names)} {plural} {what} {root}: {shown}"
+
+
+def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult) -> None:
+    """Walk one directory root into `out`."""
+    ignore, warning = _load_ignore(real_root, root.where)
+    if warning:
+        res.warnings.append(warning)
+    prefix = root.prefix if not root.prefix or root.prefix.endswith("/") else root.prefix + "/"
+    outside: list[str] = []
+    dangling: list[str] = []
+    loops: list[str] = []
+    append = out.append
+    is_ignored = ignore.ignored if ignore else None
+    # (real directory path, key-relative prefix ending with "/" or "", real dirs on this path)
+    stack: list[tuple[str, str, tuple[str, ...]]] = [(real_root, "", (real_root,))]
+    while stack:
+        directory, rel_dir, chain = stack.pop()
+        try:
+            entries = os.scandir(directory)
+        except FileNotFoundError:
+            continue  # removed while we walked
+        except OSError as exc:
+            # Skipping it would make its files look deleted (and a mirror sync delete them).
+            raise SpecError(
+                f"cannot read directory {directory} in source {root.path}: "
+                f"{exc.strerror or exc}. To fix: make it readable, or exclude it in "
+                f"{os.path.join(real_root, SKYIGNORE)}.",
+                where=root.where,
+            ) from exc
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name == ".git":
+                    continue
+                rel = rel_dir + name
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if is_ignored is not None and is_ignored(rel, is_dir):
+                        res.ignored += 1
+                        continue
+                    if is_dir:
+                        stack.append((entry.path, rel + "/", (*chain, entry.path)))
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        append(
+                            LocalFile(
+                                prefix + rel,
+                                entry.path,
+                                st.st_size,
+                                st.st_mtime_ns,
+                                st.st_dev,
+                                st.st_ino,
+                            )
+                        )
+                        continue
+                    if not entry.is_symlink():
+                        continue  # socket, FIFO, device
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                # A symlink: follow it only when it resolves inside the root.
+                target = os.path.realpath(entry.path)
+                try:
+                    st = os.stat(target)
+                except OSError:
+                    dangling.append(rel)
+                    continue
+                if not _inside(target, real_root):
+                    outside.append(rel)
+                elif stat.S_ISREG(st.st_mode):
+                    append(
+                        LocalFile(
+                            prefix + rel, target, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
+                        )
+                    )
+                elif stat.S_ISDIR(st.st_mode):
+                    if any(c == target or c.startswith(target + os.sep) for c in chain):
+                        loops.append(rel)
+                    else:
+                        stack.append((target, rel + "/", (*chain, target)))
+    if outside:
+        res.warnings.append(_aggregate("pointing outside", outside, real_root))
+    if dangling:
+        res.warnings.append(_aggregate("with missing targets in", dangling, real_root))
+    if loops:
+        res.warnings.append(_aggregate("looping back to a parent directory in", loops, real_root))
+
+
+def dir_prefixes(keys: Iterable[str]) -> set[str]:
+    """Every "directory" implied by `keys` ("a/b/c" implies "a" and "a/b")."""
+    parents = {k.rpartition("/")[0] for k in keys}
+    parents.discard("")
+    result: set[str] = set()
+    for p in parents:
+        while p and p not in result:
+            result.add(p)
+            p = p.rpartition("/")[0]
+    return result
+
+
+def scan_local(roots: Sequence[LocalRoot]) -> ScanResult:
+    """Scan `roots` into one key space. Raises SpecError (with the root's `where`) when a root
+    does not exist, is neither file nor directory, or when two roots put different files at the
+    same key (or a file where another root has a directory)."""
+    res = ScanResult()
+    files: list[LocalFile] = []
+    owner: dict[str, tuple[LocalRoot, int]] = {}  # key -> root and index in `files`
+    for root in roots:
+        real = os.path.realpath(root.path)
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | NotADirectoryError):
+                raise SpecError(
+                    f"source {root.path} does not exist. "
+                    "To fix: create it, or correct the path in the task YAML.",
+                    where=root.where,
+                ) from exc
+            raise SpecError(
+                f"cannot read source {root.path}: {exc.strerror or exc}. To fix: check its "
+                "permissions.",
+                where=root.where,
+            ) from exc
+        start = len(files)
+        if stat.S_ISDIR(st.st_mode):
+            _walk(root, real, files, res)
+        elif stat.S_ISREG(st.st_mode):
+            key = root.prefix or os.path.basename(real)
+            files.append(LocalFile(key, real, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
+        else:
+            raise SpecError(
+                f"source {root.path} is neither a regular file nor a directory. "
+                "To fix: point the source at a file or directory.",
+                where=root.where,
+            )
+        if len(roots) > 1:
+            _check_clashes(root, files, start, owner)
+    if len(roots) > 1:
+        _check_file_dir_clashes(files, owner)
+    files.sort(key=attrgetter("key"))
+    res.files = files
+    res.total_bytes = sum(map(attrgetter("size"), files))
+    return res
+
+
+def _check_clashes(
+    root: LocalRoot, files: list[LocalFile], start: int, owner: dict[str, tuple[LocalRoot, int]]
+) -> None:
+    """Record the keys of `files[start:]` (from `root`); a key already taken by another file
+    is an error, the same file reached twice (overlapping roots) is dropped."""
+    kept: list[LocalFile] = []
+    for f in files[start:]:
+        prev = owner.get(f.key)
+        if prev is None:
+            owner[f.key] = (root, start + len(kept))
+            kept.append(f)
+            continue
+        other = files[prev[1]]
+        if (other.dev, other.ino) == (f.dev, f.ino):
+            continue
+        raise SpecError(
+            f"two sources produce the same object key {f.key!r}: {other.path} "
+            f"(from {prev[0].path}) and {f.path} (from {root.path}). "
+            "To fix: rename one of them, or drop one source.",
+            where=root.where,
+        )
+    files[start:] = kept
+
+
+def _check_file_dir_clashes(
+    files: list[LocalFile], owner: dict[str, tuple[LocalRoot, int]]
+) -> None:
+    for d in sorted(dir_prefixes(owner) & owner.keys()):
+        root, index = owner[d]
+        raise SpecError(
+            f"object key {d!r} is both a file ({files[index].path}) and a directory of other "
+            "sources' files. To fix: rename the file or the directory.",
+            where=root.where,
+        )
