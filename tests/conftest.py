@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from backends import Backend, LocalBackend
 
 pytest_plugins = ["servers.plugin"]

@@ -90,7 +90,8 @@ def load_user_config() -> UserConfig:
     if not isinstance(stores, dict) or not all(isinstance(v, dict) for v in stores.values()):
         raise SpecError(f"{path}: 'stores' must map a store type to a mapping of settings.")
     default = data.get("default_store")
-    return UserConfig(str(default) if default else None, {str(k).lower(): v for k, v in stores.items()})
+    settings = {str(k).lower(): v for k, v in stores.items()}
+    return UserConfig(str(default) if default else None, settings)
 
 
 def default_store() -> str:

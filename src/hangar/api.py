@@ -1,0 +1,108 @@
+"""The Python API, mirroring `sky.Storage`: build storages in code, upload, delete, launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hangar.catalog import Catalog
+from hangar.errors import StorageNotFound
+from hangar.launch import LaunchPlan, plan_launch
+from hangar.models import MountMode, StorageSpec, Task
+from hangar.progress import NullProgress, ProgressSink
+from hangar.spec import parse_task
+from hangar.storage import delete as delete_storage
+from hangar.storage import ensure, storage_lock
+from hangar.storage import upload as upload_storage
+from hangar.stores import open_store, parse_uri, store_from_uri
+from hangar.sync import SyncReport
+from hangar.sync.download import DownloadResult
+from hangar.sync.download import download as download_store
+
+
+class Storage:
+    """A storage object: `Storage(name=..., source=..., stores=[...], persistent=..., mode=...)`.
+
+    `source` is a local directory, a list of local paths, or a bucket URI; with no source the
+    storage is an empty scratch bucket. Validation follows the task YAML's rules exactly.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        source: str | list[str] | None = None,
+        stores: list[str] | str | None = None,
+        persistent: bool = True,
+        mode: str | MountMode = MountMode.MOUNT,
+        sync: str | None = None,
+    ) -> None:
+        if name is None and isinstance(source, str) and (parsed := parse_uri(source)):
+            name = parsed.bucket
+        entry: dict[str, Any] = {"name": name, "persistent": persistent}
+        if source is not None:
+            entry["source"] = source
+        if stores:
+            entry["force_stores"] = [stores] if isinstance(stores, str) else list(stores)
+        if sync:
+            entry["sync"] = sync
+        task = parse_task({"storage": [entry]}, {})
+        self.spec: StorageSpec = task.storages[0]
+        self.mode = MountMode(str(mode).upper())
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def _task(self) -> Task:
+        return Task(
+            name=None, workdir=None, envs={}, secrets={}, setup=None, run=None, num_nodes=1,
+            resources=None, storages=(self.spec,), mounts=(), copies=(),
+        )
+
+    def plan(self) -> LaunchPlan:
+        """What `upload()` would do; changes nothing."""
+        return plan_launch(self._task())
+
+    def upload(
+        self, progress: ProgressSink | None = None, command: str = "hangar.Storage.upload"
+    ) -> list[SyncReport]:
+        """Create the buckets if needed and sync the source into each (incrementally)."""
+        progress = progress or NullProgress()
+        plan_launch(self._task())  # the same preflight a launch does
+        with storage_lock(self.name, progress):
+            stores = ensure(self.spec, command=command, mode=str(self.mode))
+            return upload_storage(self.spec, stores, progress=progress)
+
+    def delete(self) -> None:
+        """Delete the buckets Hangar created for this storage and forget it."""
+        delete_storage(self.name)
+
+
+def download(
+    name_or_uri: str, directory: str | Path, progress: ProgressSink | None = None
+) -> DownloadResult:
+    """Download a storage (by catalog name) or a bucket URI (optionally a prefix) to `directory`."""
+    parsed = parse_uri(name_or_uri)
+    if parsed is not None:
+        options = {"account": parsed.account} if parsed.account else {}
+        store = open_store(parsed.store_type, parsed.bucket, **options)
+        subpath = parsed.prefix
+    else:
+        with Catalog() as cat:
+            record = cat.get(name_or_uri)
+        if record is None or not record.stores:
+            raise StorageNotFound(
+                f"no storage named {name_or_uri!r} in the catalog. To see them: hangar storage ls"
+            )
+        store = store_from_uri(record.stores[0].url)
+        subpath = ""
+    dest = Path(directory).expanduser().absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    return download_store(store, dest, subpath=subpath, progress=progress or NullProgress())
+
+
+def launch(task: Task, progress: ProgressSink | None = None) -> int:
+    """Run `task` on this machine; returns its exit code."""
+    from hangar.launch import launch as do_launch
+
+    return do_launch(task, progress=progress)

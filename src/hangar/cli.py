@@ -1,0 +1,276 @@
+"""The `hangar` command: parse arguments, call the library, render results.
+
+Exit status: the task's own code for `launch`; 2 for an invalid spec or usage; 1 for any other
+Hangar error (printed as one paragraph, no traceback unless --debug); 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hangar import __version__
+from hangar.errors import HangarError, SpecError
+
+app = typer.Typer(
+    help="Hangar: Sky Storage for compute tasks. Upload once, mount or copy anywhere.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+storage_app = typer.Typer(
+    help="Manage storages: list, upload, download, delete.", no_args_is_help=True
+)
+app.add_typer(storage_app, name="storage")
+
+_state = {"debug": False}
+T = TypeVar("T")
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run `fn`, turning Hangar errors into a message and an exit status."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+    except HangarError as exc:
+        if _state["debug"]:
+            raise
+        kind = "invalid task" if isinstance(exc, SpecError) else "error"
+        _err(f"{kind}: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--env {pair!r}: expected KEY=VALUE, e.g. --env MY_BUCKET=data-1")
+        env[key] = value
+    return env
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"hangar {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def launch(
+    task_file: Annotated[Path, typer.Argument(help="Task YAML file.", metavar="TASK.yaml")],
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="Set or override a variable: KEY=VALUE.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")
+    ] = False,
+) -> None:
+    """Upload the task's storages, attach them, run setup and run, then clean up."""
+    from hangar.launch import launch as do_launch
+    from hangar.launch import plan_launch
+    from hangar.models import Task
+    from hangar.ui import make_progress
+
+    def go() -> int:
+        task = Task.from_yaml(str(task_file), _parse_env(env or []))
+        if dry_run:
+            for warning in task.warnings:
+                _err(f"warning: {warning}")
+            plan = plan_launch(task)
+            print("\n".join(plan.lines()))
+            print("dry run: nothing was created, uploaded or deleted")
+            return 0
+        return do_launch(task, progress=make_progress())
+
+    code = _guard(go)
+    raise typer.Exit(code)
+
+
+# -- storage commands ------------------------------------------------------------------------------
+
+
+def _ago(ts: float) -> str:
+    delta = max(0.0, time.time() - ts)
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= seconds:
+            return f"{int(delta // seconds)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+@storage_app.command("ls")
+def storage_ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List storages: NAME, UPDATED, STORES, SOURCE, SIZE, STATUS."""
+    from hangar.catalog import Catalog
+    from hangar.ui import human_bytes
+
+    def go() -> None:
+        with Catalog() as cat:
+            records = cat.list()
+        if as_json:
+            print(json.dumps([r.as_json() for r in records], indent=2))
+            return
+        if not records:
+            _err("No storages yet. Create one with `hangar launch` or `hangar storage upload`.")
+            return
+        table = Table(box=None, header_style="bold")
+        for column in ("NAME", "UPDATED", "STORES", "SOURCE", "SIZE", "STATUS"):
+            table.add_column(column)
+        for r in records:
+            table.add_row(
+                r.name,
+                _ago(r.updated_at),
+                ", ".join(s.url for s in r.stores) or "-",
+                r.source or "-",
+                f"{human_bytes(r.total_bytes)} ({r.object_count} files)",
+                str(r.status),
+            )
+        Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+    _guard(go)
+
+
+@storage_app.command("delete")
+def storage_delete(
+    names: Annotated[list[str] | None, typer.Argument(help="Names or globs.")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Delete every storage.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete storages: buckets Hangar created are deleted; others are only forgotten."""
+    from hangar.catalog import Catalog
+    from hangar.storage import delete
+
+    def go() -> int:
+        if not names and not all_:
+            raise SpecError("name at least one storage (globs allowed), or pass --all.")
+        if names and all_:
+            raise SpecError("pass either names or --all, not both.")
+        with Catalog() as cat:
+            known = [r.name for r in cat.list()]
+        if all_:
+            chosen = known
+        else:
+            chosen = []
+            for pattern in names or []:
+                matched = [n for n in known if fnmatch.fnmatchcase(n, pattern)]
+                if not matched:
+                    _err(f"error: no storage matches {pattern!r}. See `hangar storage ls`.")
+                    return 1
+                chosen.extend(m for m in matched if m not in chosen)
+        if not chosen:
+            _err("No storages to delete.")
+            return 0
+        if not yes:
+            if not sys.stdin.isatty():
+                raise SpecError(
+                    f"refusing to delete {len(chosen)} storage(s) without confirmation; "
+                    "standard input is not a terminal. To fix: add -y."
+                )
+            if not typer.confirm(f"Delete {len(chosen)} storage(s): {', '.join(chosen)}?"):
+                _err("Nothing deleted.")
+                return 1
+        for name in chosen:
+            outcome = delete(name)
+            for url in outcome.deleted:
+                _err(f"Deleted storage {name}: bucket {url} deleted.")
+            for url in outcome.forgotten:
+                _err(
+                    f"Forgot storage {name}: bucket {url} was not created by Hangar, so its "
+                    "contents were left untouched."
+                )
+            if not outcome.deleted and not outcome.forgotten:
+                _err(f"Forgot storage {name} (it had no buckets).")
+        return 0
+
+    raise typer.Exit(_guard(go))
+
+
+@storage_app.command("upload")
+def storage_upload(
+    source: Annotated[list[str], typer.Argument(help="Local directory, or several paths.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Storage (bucket) name.")],
+    store: Annotated[
+        list[str] | None, typer.Option("--store", "-s", help="Store type (repeatable).")
+    ] = None,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also delete objects whose local file is gone.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent.")] = False,
+) -> None:
+    """Create or update a storage from a local source, without running a task."""
+    from hangar.api import Storage
+    from hangar.ui import make_progress
+
+    def go() -> None:
+        src: str | list[str] = source[0] if len(source) == 1 else list(source)
+        st = Storage(name=name, source=src, stores=store or None, sync="mirror" if mirror else None)
+        if dry_run:
+            plan = st.plan()
+            print("\n".join(plan.lines()))
+            print("dry run: nothing was created, uploaded or deleted")
+            return
+        reports = st.upload(progress=make_progress(), command="hangar storage upload")
+        for report in reports:
+            sent = report.result.uploaded if report.result else 0
+            _err(f"{name}: {report.plan.summary()}; sent {sent} file(s)")
+
+    _guard(go)
+
+
+@storage_app.command("download")
+def storage_download(
+    name: Annotated[str, typer.Argument(help="Storage name, or a bucket URI.")],
+    directory: Annotated[Path, typer.Argument(help="Destination directory.", metavar="DIR")],
+) -> None:
+    """Download a storage (COPY mode on its own) into DIR."""
+    from hangar.api import download
+    from hangar.ui import make_progress
+
+    def go() -> None:
+        result = download(name, directory, progress=make_progress())
+        _err(f"{name}: {result.files} file(s) downloaded, {result.skipped} already up to date")
+
+    _guard(go)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so mounts are undone and storages cleaned up."""
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    app()
+
+
+if __name__ == "__main__":
+    main()

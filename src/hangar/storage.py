@@ -1,0 +1,200 @@
+"""A storage's lifecycle: ensure its buckets, upload its source, delete it.
+
+This module (with the catalog) is the only caller of `create_bucket` / `delete_bucket`, and it
+holds the ownership rule: Hangar never adopts a bucket it finds already existing (unless the
+source names it as an existing bucket), and deletes only buckets it created. Everything else is
+forgotten, never emptied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from filelock import FileLock, Timeout
+
+from hangar.catalog import Catalog, Status
+from hangar.config import default_store, hangar_home
+from hangar.errors import BucketExists, BucketNotFound, HangarError, StorageNotFound
+from hangar.models import StorageSpec, SyncPolicy
+from hangar.progress import NullProgress, ProgressSink
+from hangar.stores import open_store, store_from_uri
+from hangar.stores.base import Store
+from hangar.sync import SyncReport, sync_up
+
+
+def store_types(spec: StorageSpec) -> list[str]:
+    """The stores that keep `spec`, in order (the first is the one a task attaches)."""
+    return list(spec.stores) or [default_store()]
+
+
+def open_stores(spec: StorageSpec) -> list[Store]:
+    """The Store objects for `spec` (no I/O)."""
+    if spec.bucket_uri is not None:
+        return [store_from_uri(spec.bucket_uri)]
+    return [open_store(t, spec.name) for t in store_types(spec)]
+
+
+@contextmanager
+def storage_lock(name: str, progress: ProgressSink) -> Iterator[None]:
+    """Serialise work on one storage across processes; say so when we have to wait."""
+    locks = hangar_home() / "locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    lock = FileLock(str(locks / f"{safe}.lock"))
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        progress.note(f"waiting for {name} (another hangar process is using it)")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def taken_message(spec: StorageSpec, store: Store) -> str:
+    return (
+        f"bucket {store.url} already exists, but Hangar did not create it "
+        f"(it is not in the catalog), so storage '{spec.name}' ({spec.where}) will not "
+        "adopt it.\nTo fix: 1. choose another name for the storage; or 2. to use the existing "
+        f"bucket as it is, write `source: {store.url}` (no upload; Hangar will never delete it)."
+    )
+
+
+def ensure(spec: StorageSpec, *, command: str, mode: str = "") -> list[Store]:
+    """Make sure every bucket of `spec` exists and is recorded; return its stores, in order.
+
+    New buckets are created and recorded as created by Hangar (status INIT until uploaded).
+    An existing bucket the catalog does not know is refused (BucketExists) unless the source
+    is a bucket URI, which attaches it without ever deleting it.
+    """
+    stores = open_stores(spec)
+    with Catalog() as cat:
+        record = cat.get(spec.name)
+        # Check every bucket before changing anything, so a refusal creates nothing.
+        exists = [store.bucket_exists() for store in stores]
+        for store, present in zip(stores, exists, strict=True):
+            known = record.store(store.scheme) if record else None
+            if spec.is_external and not present:
+                raise BucketNotFound(
+                    f"{spec.where}: bucket {store.url} does not exist (or is not visible with "
+                    "your credentials). To fix: check the name and your credentials."
+                )
+            if spec.is_external:
+                continue
+            if known is None and present:
+                raise BucketExists(taken_message(spec, store))
+            if known is not None and not known.created and not present:
+                raise BucketNotFound(
+                    f"bucket {store.url} of storage '{spec.name}' no longer exists; Hangar "
+                    f"did not create it, so it will not recreate it. To fix: run "
+                    f"`hangar storage delete {spec.name}` to forget it, then launch again."
+                )
+        cat.upsert_storage(
+            spec.name,
+            source=spec.source_display,
+            persistent=spec.persistent,
+            mode=mode,
+            sync=str(spec.sync),
+            command=command,
+        )
+        for position, (store, present) in enumerate(zip(stores, exists, strict=True)):
+            known = record.store(store.scheme) if record else None
+            created = known.created if known else not spec.is_external
+            if not present:
+                try:
+                    store.create_bucket()
+                except BucketExists as exc:  # taken between our check and the create
+                    raise BucketExists(taken_message(spec, store)) from exc
+                status = Status.INIT
+            else:
+                status = known.status if known else Status.INIT
+            if spec.is_external or spec.is_scratch:
+                status = Status.READY
+            cat.set_store(
+                spec.name, store.scheme, url=store.url, status=status, created=created,
+                position=position,
+            )
+    return stores
+
+
+def upload(
+    spec: StorageSpec,
+    stores: list[Store],
+    *,
+    progress: ProgressSink | None = None,
+    mirror: bool | None = None,
+) -> list[SyncReport]:
+    """Sync `spec`'s local source into each of its stores.
+
+    The store's status becomes READY only when its sync completed without a failure; any
+    error (including Ctrl-C) leaves UPLOAD_FAILED, and the next upload resumes, sending only
+    what is missing or changed.
+    """
+    progress = progress or NullProgress()
+    if not spec.local_roots:
+        return []
+    mirror = spec.sync is SyncPolicy.MIRROR if mirror is None else mirror
+    reports: list[SyncReport] = []
+    with Catalog() as cat:
+        for store in stores:
+            cat.set_status(spec.name, store.scheme, Status.INIT)
+            try:
+                report = sync_up(spec.local_roots, store, mirror=mirror, progress=progress)
+            except BaseException:
+                cat.set_status(spec.name, store.scheme, Status.UPLOAD_FAILED)
+                raise
+            cat.set_status(spec.name, store.scheme, Status.READY)
+            reports.append(report)
+        if reports:
+            files = reports[0].scan.files
+            kept = [i for i in reports[0].plan.items if i.local is None and i.remote is not None]
+            if mirror:
+                kept = []
+            cat.set_stats(
+                spec.name,
+                objects=len(files) + len(kept),
+                nbytes=sum(f.size for f in files) + sum(i.remote.size for i in kept if i.remote),
+            )
+    return reports
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    name: str
+    deleted: list[str]  # URLs of buckets deleted
+    forgotten: list[str]  # URLs of buckets only forgotten (not created by Hangar)
+
+
+def delete(name: str) -> DeleteOutcome:
+    """Delete storage `name`: its buckets that Hangar created, and its catalog record.
+
+    A bucket Hangar did not create is only forgotten: its contents are never touched.
+    """
+    deleted: list[str] = []
+    forgotten: list[str] = []
+    with Catalog() as cat:
+        record = cat.get(name)
+        if record is None:
+            raise StorageNotFound(
+                f"no storage named {name!r} in the catalog. To see them: hangar storage ls"
+            )
+        for srec in record.stores:
+            if not srec.created:
+                forgotten.append(srec.url)
+                cat.forget_store(name, srec.store_type)
+                continue
+            store = store_from_uri(srec.url)
+            try:
+                store.delete_bucket()
+            except BucketNotFound:
+                pass
+            except HangarError:
+                raise
+            deleted.append(srec.url)
+            cat.forget_store(name, srec.store_type)
+        cat.forget(name)
+    return DeleteOutcome(name, deleted, forgotten)
