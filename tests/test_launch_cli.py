@@ -400,10 +400,64 @@ run: |
     assert marker.exists()  # what the task wrote before Ctrl-C stays in the bucket
 
 
-@pytest.mark.parametrize(
-    "example", ["mount.yaml", "copy.yaml", "list_source.yaml", "scratch.yaml"]
-)
+@pytest.mark.parametrize("example", ["mount.yaml", "copy.yaml", "list_source.yaml", "scratch.yaml"])
 def test_examples_run(example: str, hangar_home: Path) -> None:
     result = hangar("launch", f"examples/{example}")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_upload_mirror_and_download(tmp_path: Path, hangar_home: Path) -> None:
+    src = make_tree(tmp_path / "src", {"keep.txt": "k", "gone.txt": "g", "d/x.bin": b"\1\2"})
+    assert hangar("storage", "upload", str(src), "--name", "mirror-me").returncode == 0
+    (src / "gone.txt").unlink()
+    additive = hangar("storage", "upload", str(src), "--name", "mirror-me")
+    assert additive.returncode == 0, additive.stderr
+    assert (hangar_home / "buckets/mirror-me/gone.txt").exists()  # additive keeps it
+    dry = hangar("storage", "upload", str(src), "--name", "mirror-me", "--mirror", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert (hangar_home / "buckets/mirror-me/gone.txt").exists()
+    mirrored = hangar("storage", "upload", str(src), "--name", "mirror-me", "--mirror")
+    assert mirrored.returncode == 0, mirrored.stderr
+    assert not (hangar_home / "buckets/mirror-me/gone.txt").exists()
+
+    out = tmp_path / "out"
+    got = hangar("storage", "download", "mirror-me", str(out))
+    assert got.returncode == 0, got.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "d/x.bin",
+        "keep.txt",
+    ]
+    assert (out / "d/x.bin").read_bytes() == b"\1\2"
+    again = hangar("storage", "download", "mirror-me", str(out))
+    assert "0 file(s) downloaded, 2 already up to date" in again.stderr
+    prefix = hangar("storage", "download", "local://mirror-me/d", str(tmp_path / "pre"))
+    assert prefix.returncode == 0, prefix.stderr
+    assert (tmp_path / "pre/x.bin").read_bytes() == b"\1\2"
+
+
+def test_python_api_launch(
+    tmp_path: Path, hangar_home: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import hangar as hg
+
+    src = make_tree(tmp_path / "src", {"a.txt": "from the api"})
+    st = hg.Storage(name="api-data", source=str(src), stores=["local"], persistent=True)
+    st.upload()
+    task_file = write_yaml(
+        tmp_path / "t.yaml",
+        f"""
+storage_mounts:
+  - storage: api-data
+    mount_path: {tmp_path}/m
+storage:
+  - name: api-data
+    source: {src}
+run: cat {tmp_path}/m/a.txt
+""",
+    )
+    task = hg.Task.from_yaml(str(task_file))
+    assert hg.launch(task) == 0
+    assert "from the api" in capfd.readouterr().out
+    st.delete()
+    assert not (hangar_home / "buckets/api-data").exists()

@@ -7,7 +7,7 @@ from typing import Any
 
 from hangar.catalog import Catalog
 from hangar.errors import StorageNotFound
-from hangar.launch import LaunchPlan, plan_launch
+from hangar.launcher import LaunchPlan, plan_launch
 from hangar.models import MountMode, StorageSpec, Task
 from hangar.progress import NullProgress, ProgressSink
 from hangar.spec import parse_task
@@ -103,6 +103,6 @@ def download(
 
 def launch(task: Task, progress: ProgressSink | None = None) -> int:
     """Run `task` on this machine; returns its exit code."""
-    from hangar.launch import launch as do_launch
+    from hangar.launcher import launch as do_launch
 
     return do_launch(task, progress=progress)

@@ -94,8 +94,8 @@ def launch(
     ] = False,
 ) -> None:
     """Upload the task's storages, attach them, run setup and run, then clean up."""
-    from hangar.launch import launch as do_launch
-    from hangar.launch import plan_launch
+    from hangar.launcher import launch as do_launch
+    from hangar.launcher import plan_launch
     from hangar.models import Task
     from hangar.ui import make_progress
 
