@@ -461,3 +461,22 @@ run: cat {tmp_path}/m/a.txt
     assert "from the api" in capfd.readouterr().out
     st.delete()
     assert not (hangar_home / "buckets/api-data").exists()
+
+
+def test_verify_finds_missing_extra_and_corrupt(tmp_path: Path, hangar_home: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": "alpha", "b.txt": "beta", "c/d.txt": "delta"})
+    assert hangar("storage", "upload", str(src), "--name", "verify-me").returncode == 0
+    clean = hangar("storage", "verify", "verify-me")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "3 object(s) checked" in clean.stdout and "OK" in clean.stdout
+
+    bucket = hangar_home / "buckets" / "verify-me"
+    (bucket / "a.txt").write_text("alphX")  # same size, different bytes
+    (bucket / "c/d.txt").unlink()
+    (bucket / "stray.txt").write_text("?")
+    bad = hangar("storage", "verify", "verify-me")
+    assert bad.returncode == 1
+    assert "corrupt: a.txt" in bad.stdout
+    assert "missing: c/d.txt" in bad.stdout
+    assert "extra:   stray.txt" in bad.stdout
+    assert (bucket / "stray.txt").exists()  # verify only reports

@@ -8,10 +8,11 @@ launches share the file safely. Secrets are never written here.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS storages (
     updated_at REAL NOT NULL,
     object_count INTEGER NOT NULL DEFAULT 0,
     total_bytes INTEGER NOT NULL DEFAULT 0,
-    last_command TEXT NOT NULL DEFAULT ''
+    last_command TEXT NOT NULL DEFAULT '',
+    roots TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS storage_stores (
     name TEXT NOT NULL REFERENCES storages(name) ON DELETE CASCADE,
@@ -71,6 +73,7 @@ class StorageRecord:
     total_bytes: int
     last_command: str
     stores: tuple[StoreRecord, ...] = field(default=())
+    roots: tuple[tuple[str, str], ...] = ()  # the local source as (path, key prefix) pairs
 
     @property
     def status(self) -> Status:
@@ -117,6 +120,9 @@ class Catalog:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(storages)")}
+        if "roots" not in columns:  # catalogs written before the column existed
+            self._db.execute("ALTER TABLE storages ADD COLUMN roots TEXT NOT NULL DEFAULT '[]'")
 
     def close(self) -> None:
         self._db.close()
@@ -160,11 +166,12 @@ class Catalog:
             total_bytes=int(row[8]),  # type: ignore[call-overload]
             last_command=str(row[9]),
             stores=self._stores(name),
+            roots=tuple((str(p), str(k)) for p, k in json.loads(str(row[10]))),
         )
 
     _COLUMNS = (
         "name, source, persistent, mode, sync, created_at, updated_at, object_count, "
-        "total_bytes, last_command"
+        "total_bytes, last_command, roots"
     )
 
     def get(self, name: str) -> StorageRecord | None:
@@ -179,17 +186,26 @@ class Catalog:
 
     # -- writes ----------------------------------------------------------------------------------
     def upsert_storage(
-        self, name: str, *, source: str, persistent: bool, mode: str, sync: str, command: str
+        self,
+        name: str,
+        *,
+        source: str,
+        persistent: bool,
+        mode: str,
+        sync: str,
+        command: str,
+        roots: Sequence[tuple[str, str]] = (),
     ) -> None:
         now = time.time()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO storages (name, source, persistent, mode, sync, created_at, "
-                "updated_at, last_command) VALUES (?,?,?,?,?,?,?,?) "
+                "updated_at, last_command, roots) VALUES (?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET source=excluded.source, "
                 "persistent=excluded.persistent, mode=excluded.mode, sync=excluded.sync, "
-                "updated_at=excluded.updated_at, last_command=excluded.last_command",
-                (name, source, int(persistent), mode, sync, now, now, command),
+                "updated_at=excluded.updated_at, last_command=excluded.last_command, "
+                "roots=excluded.roots",
+                (name, source, int(persistent), mode, sync, now, now, command, json.dumps(roots)),
             )
 
     def set_store(
@@ -229,4 +245,3 @@ class Catalog:
         with self._tx() as db:
             db.execute("DELETE FROM storage_stores WHERE name=?", (name,))
             db.execute("DELETE FROM storages WHERE name=?", (name,))
-

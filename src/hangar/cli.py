@@ -262,6 +262,22 @@ def storage_download(
     _guard(go)
 
 
+@storage_app.command("verify")
+def storage_verify(
+    name: Annotated[str, typer.Argument(help="Storage name.")],
+) -> None:
+    """Read every object back and compare bucket, catalog and source (exit 1 on problems)."""
+    from hangar.ui import make_progress
+    from hangar.verify import lines, verify
+
+    def go() -> int:
+        report = verify(name, progress=make_progress())
+        print("\n".join(lines(report)))
+        return 0 if report.ok else 1
+
+    raise typer.Exit(_guard(go))
+
+
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM unwinds like Ctrl-C, so mounts are undone and storages cleaned up."""
     raise KeyboardInterrupt

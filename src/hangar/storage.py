@@ -100,6 +100,7 @@ def ensure(spec: StorageSpec, *, command: str, mode: str = "") -> list[Store]:
             mode=mode,
             sync=str(spec.sync),
             command=command,
+            roots=[(r.path, r.prefix) for r in spec.local_roots],
         )
         for position, (store, present) in enumerate(zip(stores, exists, strict=True)):
             known = record.store(store.scheme) if record else None
