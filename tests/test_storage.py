@@ -114,11 +114,19 @@ def test_catalog_is_private_and_survives_concurrent_writers(hangar_home: Path) -
         with Catalog() as cat:
             for j in range(20):
                 cat.upsert_storage(
-                    f"s{i}-{j}", source="x", persistent=True, mode="MOUNT", sync="additive",
+                    f"s{i}-{j}",
+                    source="x",
+                    persistent=True,
+                    mode="MOUNT",
+                    sync="additive",
                     command="test",
                 )
                 cat.set_store(
-                    f"s{i}-{j}", "local", url="local://x", status=Status.READY, created=True,
+                    f"s{i}-{j}",
+                    "local",
+                    url="local://x",
+                    status=Status.READY,
+                    created=True,
                     position=0,
                 )
 
@@ -133,4 +141,3 @@ def test_catalog_is_private_and_survives_concurrent_writers(hangar_home: Path) -
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     assert stat.S_IMODE(hangar_home.stat().st_mode) == 0o700
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-

@@ -55,8 +55,17 @@ class Storage:
 
     def _task(self) -> Task:
         return Task(
-            name=None, workdir=None, envs={}, secrets={}, setup=None, run=None, num_nodes=1,
-            resources=None, storages=(self.spec,), mounts=(), copies=(),
+            name=None,
+            workdir=None,
+            envs={},
+            secrets={},
+            setup=None,
+            run=None,
+            num_nodes=1,
+            resources=None,
+            storages=(self.spec,),
+            mounts=(),
+            copies=(),
         )
 
     def plan(self) -> LaunchPlan:

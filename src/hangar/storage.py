@@ -116,7 +116,11 @@ def ensure(spec: StorageSpec, *, command: str, mode: str = "") -> list[Store]:
             if spec.is_external or spec.is_scratch:
                 status = Status.READY
             cat.set_store(
-                spec.name, store.scheme, url=store.url, status=status, created=created,
+                spec.name,
+                store.scheme,
+                url=store.url,
+                status=status,
+                created=created,
                 position=position,
             )
     return stores

@@ -69,9 +69,7 @@ class RichProgress:
         with self._lock:
             self._files += 1
             if self._progress is not None and self._task is not None:
-                self._progress.update(
-                    self._task, files=f"{self._files}/{self._total_files} files"
-                )
+                self._progress.update(self._task, files=f"{self._files}/{self._total_files} files")
 
     def finish(self) -> None:
         with self._lock:
@@ -119,9 +117,7 @@ class PlainProgress:
     def start(self, label: str, total_files: int, total_bytes: int) -> None:
         with self._lock:
             self._reset(label, total_files, total_bytes)
-            self.stream.write(
-                f"{label}: {total_files} files, {human_bytes(total_bytes)}\n"
-            )
+            self.stream.write(f"{label}: {total_files} files, {human_bytes(total_bytes)}\n")
             self.stream.flush()
 
     def _maybe_print(self) -> None:

@@ -98,9 +98,7 @@ def _remove_tree(path: Path) -> None:
 
 
 @contextmanager
-def _copy_mount(
-    mount: MountSpec, store: Store, progress: ProgressSink
-) -> Iterator[None]:
+def _copy_mount(mount: MountSpec, store: Store, progress: ProgressSink) -> Iterator[None]:
     path = Path(mount.path)
     single_object = bool(mount.subpath) and not mount.subpath.endswith("/")
     if single_object and not any(True for _ in store.list(mount.subpath.rstrip("/") + "/")):
