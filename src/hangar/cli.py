@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hangar import __version__
+from hangar.cli_mount import register as register_mount
 from hangar.errors import HangarError, SpecError
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ storage_app = typer.Typer(
     help="Manage storages: list, upload, download, delete.", no_args_is_help=True
 )
 app.add_typer(storage_app, name="storage")
+register_mount(storage_app)
 
 _state = {"debug": False}
 T = TypeVar("T")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hangar.errors import MountError, SpecError
 from hangar.models import FileCopy, MountMode, MountSpec
+from hangar.node.mount import effective_read_only, fuse_mount, is_mount_point
 from hangar.progress import NullProgress, ProgressSink
 from hangar.stores.base import Store
 from hangar.sync.download import download
@@ -31,7 +32,7 @@ def check_target(path: str, where: str) -> None:
     Raises SpecError (nothing has been changed when it does).
     """
     p = Path(path)
-    if os.path.ismount(path):
+    if is_mount_point(path):  # reads the mount table: a dead FUSE mount cannot hang us
         raise SpecError(
             f"{path} is already a mount point. To fix: unmount it (`hangar storage unmount "
             f"{path}` or `umount {path}`) or choose another mount_path.",
@@ -128,7 +129,7 @@ def attach(mount: MountSpec, store: Store, progress: ProgressSink | None = None)
         with _copy_mount(mount, store, progress):
             yield
         return
-    if store.capabilities.native_mount and not mount.read_only:
+    if store.capabilities.native_mount and not effective_read_only(mount):
         local_path = getattr(store, "local_path", None)
         if local_path is None:
             raise MountError(f"{store.url}: store declares native_mount but has no local_path")
@@ -138,8 +139,6 @@ def attach(mount: MountSpec, store: Store, progress: ProgressSink | None = None)
         with _symlink_mount(path, target):
             yield
         return
-    from hangar.node.mount import fuse_mount
-
     with _prepared_dir(path), fuse_mount(store, mount, progress=progress):
         yield
 
