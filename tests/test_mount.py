@@ -439,7 +439,8 @@ def test_cli_unmount_cleans_up_a_dead_mount_and_uploads_its_leftovers(
         assert is_mount_point(str(target))  # dead: the kernel lists it, stat fails
         with pytest.raises(OSError) as info:
             os.stat(target)
-        assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        # The kernel answers ENOTCONN once the FUSE connection is gone, EIO while it goes.
+        assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
         again = hangar_cli("storage", "mount", "local://dead", str(target))
         assert again.returncode == 2 and "already a mount point" in again.stderr
     finally:
