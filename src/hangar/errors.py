@@ -58,6 +58,10 @@ class StoreError(HangarError, OSError):
     """A store operation failed after retries (network, server error)."""
 
 
+class ChecksumMismatch(StoreError):
+    """Bytes read from a store do not match the checksum recorded when they were uploaded."""
+
+
 class StorageNotFound(HangarError, LookupError):
     """No storage of that name is in the catalog."""
 

@@ -107,6 +107,14 @@ def build_env_scope(
                 "(secrets are kept out of the task file on purpose).",
                 where=f"secrets.{name}",
             )
+    for kind, table in (("envs", envs), ("secrets", secrets)):
+        for name, held in table.items():
+            if held is not None and "\x00" in held:
+                raise SpecError(
+                    f"the value of {name} contains a NUL character, which no environment "
+                    "variable can hold. To fix: remove it.",
+                    where=f"{kind}.{name}",
+                )
     null_where = {n: f"envs.{n}" for n, v in envs.items() if v is None}
     values = {**envs, **secrets}
     return EnvScope(

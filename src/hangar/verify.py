@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hangar.catalog import Catalog
-from hangar.errors import StorageNotFound
+from hangar.errors import ChecksumMismatch, StorageNotFound
 from hangar.models import LocalRoot
 from hangar.progress import NullProgress, ProgressSink
 from hangar.stores import store_from_uri
@@ -79,7 +79,15 @@ def _check_store(
     progress.start(f"verify {store.url}", len(remote), sum(o.size for o in remote.values()))
 
     def check(info: ObjectInfo, workdir: Path) -> None:
-        actual = _md5_of_object(store, info.key, workdir, progress)
+        try:
+            actual = _md5_of_object(store, info.key, workdir, progress)
+        except ChecksumMismatch:  # the store's own read-back check refused the bytes
+            with lock:
+                report.corrupt.append(
+                    (info.key, "content differs from the checksum recorded at upload")
+                )
+            progress.file_done(info.key)
+            return
         problem = None
         if local is not None and info.key in local:
             expected = checksums.md5(local[info.key])

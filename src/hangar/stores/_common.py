@@ -20,6 +20,7 @@ DEFAULT_PART_SIZE = 16 * 1024 * 1024
 DEFAULT_PART_CONCURRENCY = 8
 DEFAULT_MAX_RETRIES = 8
 DEFAULT_RETRY_TIMEOUT = 120.0  # seconds, from a request's first try to its last retry
+DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte from the server before a request is retried
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum (all but the last part)
 DOWNLOAD_CHUNK = 8 * 1024 * 1024
 
@@ -39,6 +40,24 @@ def check_key(key: str) -> str:
     ):
         raise StoreError(f"refusing unsafe object key {key!r} (empty, absolute, '..' or NUL)")
     return key
+
+
+def transfer_option(option: float | None, env: str, default: float) -> float:
+    """A retry/timeout setting: the store option, else the environment variable `env`
+    (``HANGAR_MAX_RETRIES``, ``HANGAR_RETRY_TIMEOUT``, ``HANGAR_READ_TIMEOUT``), else `default`.
+    Reads only the environment (constructors do no I/O)."""
+    if option is not None:
+        return float(option)
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreError(f"{env}={raw!r} is not a number. To fix: unset it.") from None
+    if value < 0:
+        raise StoreError(f"{env}={raw!r} is negative. To fix: unset it or give a number >= 0.")
+    return value
 
 
 def norm_prefix(prefix: str) -> str:

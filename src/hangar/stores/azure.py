@@ -167,7 +167,7 @@ class AzureStore(ObstoreDataPlane):
                         random_jitter_range=1,
                     ),
                     connection_timeout=5,
-                    read_timeout=60,
+                    read_timeout=self.read_timeout,
                 )
                 self._container = service.get_container_client(self.bucket)
             return self._container
@@ -188,6 +188,18 @@ class AzureStore(ObstoreDataPlane):
             )
         cause = f"{status} {code}" if status else short_cause(text)
         return StoreError(f"{action} {self.bucket_url} failed: {cause}")
+
+    def _stored_md5(self, full: str, size: int, e_tag: str | None) -> str | None:
+        """For a blob put in one request, the Content-MD5 Azure computed of what it stored (one
+        HEAD: obstore does not hand back the PUT's response headers)."""
+        if size > self.part_size:
+            return None
+        try:
+            props = self.container().get_blob_client(full).get_blob_properties()
+        except AzureError as exc:
+            raise self._azure_error(exc, "check upload of") from None
+        md5 = props.content_settings.content_md5
+        return bytes(md5).hex() if md5 else None
 
     # -- control plane -----------------------------------------------------------------------
     def bucket_exists(self) -> bool:

@@ -37,6 +37,9 @@ class Capabilities:
     native_mount: bool = False
     # Anonymous (credential-less) reads are possible for public buckets.
     anonymous_read: bool = False
+    # Unfinished multipart uploads linger (and cost) until aborted: the store has
+    # `abort_unfinished_uploads() -> int`, which `hangar.storage` calls before each upload.
+    unfinished_uploads: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ so a store may be used from a thread pool.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import threading
@@ -34,6 +35,7 @@ from hangar.errors import (
     AccessDenied,
     BucketExists,
     BucketNotFound,
+    ChecksumMismatch,
     HangarError,
     ObjectNotFound,
     StoreError,
@@ -51,6 +53,7 @@ from hangar.stores._common import (
     scrub,
     set_mtime,
     short_cause,
+    transfer_option,
 )
 from hangar.stores.base import (
     META_CHECKSUM,
@@ -112,7 +115,10 @@ class GcsStore:
         self.part_size = max(_CHUNK_UNIT, size - size % _CHUNK_UNIT)
         # max_concurrency / max_retries: accepted for a uniform interface; GCS resumable
         # uploads send one chunk at a time and retries are bounded by time.
-        self.retry_timeout = float(retry_timeout or DEFAULT_RETRY_TIMEOUT)
+        self.retry_timeout = transfer_option(
+            retry_timeout or None, "HANGAR_RETRY_TIMEOUT", DEFAULT_RETRY_TIMEOUT
+        )
+        self._timeout = (_TIMEOUT[0], transfer_option(None, "HANGAR_READ_TIMEOUT", _TIMEOUT[1]))
         self._retry: Retry = DEFAULT_RETRY.with_timeout(self.retry_timeout)
         self._options: dict[str, Any] = {
             "endpoint": endpoint,
@@ -178,7 +184,7 @@ class GcsStore:
     def bucket_exists(self) -> bool:
         """True when the bucket exists. Raises AccessDenied on 403 (private to someone else)."""
         try:
-            self._bucket().reload(retry=self._retry, timeout=_TIMEOUT)
+            self._bucket().reload(retry=self._retry, timeout=self._timeout)
         except gexc.NotFound:
             return False
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
@@ -195,7 +201,7 @@ class GcsStore:
                 location=region or settings.region,
                 project=settings.project,
                 retry=self._retry,
-                timeout=_TIMEOUT,
+                timeout=self._timeout,
             )
         except gexc.Conflict:
             raise BucketExists(f"bucket {self.bucket_url} already exists.") from None
@@ -213,7 +219,7 @@ class GcsStore:
         try:
             names = [b.name for b in self.client().list_blobs(self.bucket, retry=self._retry)]
             self._delete_names(names)
-            self._bucket().delete(retry=self._retry, timeout=_TIMEOUT)
+            self._bucket().delete(retry=self._retry, timeout=self._timeout)
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
             raise self._error(exc, "delete") from None
 
@@ -238,7 +244,7 @@ class GcsStore:
                 prefix=self.prefix + prefix or None,
                 page_size=1000,
                 retry=self._retry,
-                timeout=_TIMEOUT,
+                timeout=self._timeout,
             ):
                 yield self._info(blob, blob.name[cut:])
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
@@ -248,7 +254,7 @@ class GcsStore:
         """One object's size and recorded metadata. Raises ObjectNotFound."""
         try:
             blob = self._bucket().get_blob(
-                self.prefix + check_key(key), retry=self._retry, timeout=_TIMEOUT
+                self.prefix + check_key(key), retry=self._retry, timeout=self._timeout
             )
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
             raise self._error(exc, "read", key) from None
@@ -265,30 +271,53 @@ class GcsStore:
             full, chunk_size=self.part_size if size > self.part_size else None
         )
         blob.metadata = {META_MTIME: str(meta.mtime_ns), META_CHECKSUM: meta.md5}
-        with open(path, "rb") as raw:
-            try:
-                blob.upload_from_file(
-                    ProgressReader(raw, progress),
-                    size=size,
-                    content_type="application/octet-stream",
-                    retry=self._retry,
-                    timeout=_TIMEOUT,
+        for attempt in (1, 2):
+            with open(path, "rb") as raw:
+                try:
+                    blob.upload_from_file(
+                        ProgressReader(raw, progress),
+                        size=size,
+                        content_type="application/octet-stream",
+                        retry=self._retry,
+                        timeout=self._timeout,
+                    )
+                except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
+                    raise self._error(exc, "upload", key) from None
+            # GCS answers with the MD5 of what it stored: it must be the one of what we sent.
+            stored = _b64_md5_hex(blob.md5_hash)
+            if stored is None or stored == meta.md5:
+                break
+            with contextlib.suppress(gexc.GoogleAPIError, GoogleAuthError, OSError):
+                blob.delete(if_generation_match=blob.generation, timeout=self._timeout)
+            if attempt == 2:
+                raise StoreError(
+                    f"upload {self.url}/{key}: the server stored different bytes than were sent "
+                    f"(MD5 {stored} instead of {meta.md5}); the object was removed. To fix: run "
+                    "the sync again; if this persists, look for a faulty proxy or disk between "
+                    "here and the store."
                 )
-            except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
-                raise self._error(exc, "upload", key) from None
         return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=meta.md5, etag=blob.etag)
 
     def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
         """Download `key` (bytes as stored, checksum-verified) into a temporary file beside
-        `path`, then rename it into place with the recorded source mtime. Raises
-        ObjectNotFound."""
+        `path`, then rename it into place with the recorded source mtime. An object whose
+        stored MD5 is not the one recorded at upload is refused. Raises ObjectNotFound,
+        StoreError."""
         full = self.prefix + check_key(key)
         try:
-            blob = self._bucket().get_blob(full, retry=self._retry, timeout=_TIMEOUT)
+            blob = self._bucket().get_blob(full, retry=self._retry, timeout=self._timeout)
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
             raise self._error(exc, "download", key) from None
         if blob is None:
             raise ObjectNotFound(f"{self.url}/{key} does not exist")
+        recorded = parse_md5((blob.metadata or {}).get(META_CHECKSUM))
+        stored = _b64_md5_hex(blob.md5_hash)
+        if recorded and stored and recorded != stored:  # the download itself checks `stored`
+            raise ChecksumMismatch(
+                f"download {self.url}/{key}: the object's content (MD5 {stored}) is not what was "
+                f"uploaded (MD5 {recorded}); nothing was written to {path}. To fix: run `hangar "
+                "storage verify`; re-upload the object."
+            )
         try:
             with atomic_download(path) as out:
                 blob.download_to_file(
@@ -296,7 +325,7 @@ class GcsStore:
                     raw_download=True,
                     if_generation_match=blob.generation,
                     retry=self._retry,
-                    timeout=_TIMEOUT,
+                    timeout=self._timeout,
                 )
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
             raise self._error(exc, "download", key) from None
@@ -312,7 +341,7 @@ class GcsStore:
 
         def one(name: str) -> None:
             try:
-                self._bucket().delete_blob(name, retry=self._retry, timeout=_TIMEOUT)
+                self._bucket().delete_blob(name, retry=self._retry, timeout=self._timeout)
             except gexc.NotFound:
                 pass
             except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:

@@ -49,7 +49,9 @@ class S3Store(ObstoreDataPlane):
     per file), max_retries, retry_timeout (seconds)."""
 
     scheme = "s3"
-    capabilities = Capabilities(listing_has_meta=False, native_mount=False, anonymous_read=True)
+    capabilities = Capabilities(
+        listing_has_meta=False, native_mount=False, anonymous_read=True, unfinished_uploads=True
+    )
 
     def __init__(
         self,
@@ -128,6 +130,9 @@ class S3Store(ObstoreDataPlane):
         config: dict[str, Any] = {
             "region": self._bucket_region(settings),
             "virtual_hosted_style_request": False,
+            # Every PUT (and part) carries x-amz-checksum-sha256: the server refuses a body
+            # damaged on the way (BadDigest) instead of storing it.
+            "checksum_algorithm": "SHA256",
         }
         if settings.endpoint:
             # Both keys: obstore lets AWS_ENDPOINT_URL_S3 from the environment override a plain
@@ -169,7 +174,7 @@ class S3Store(ObstoreDataPlane):
                 config = Config(
                     retries={"mode": "standard", "max_attempts": self.max_retries + 1},
                     connect_timeout=5,
-                    read_timeout=60,
+                    read_timeout=self.read_timeout,
                     s3={"addressing_style": "path"} if settings.endpoint else {},
                     signature_version=UNSIGNED if settings.anonymous else None,
                     user_agent_extra="hangar",
@@ -251,6 +256,29 @@ class S3Store(ObstoreDataPlane):
         except BotoCoreError as exc:
             raise self._boto_error(exc, "create") from None
 
+    def abort_unfinished_uploads(self) -> int:
+        """Abort the multipart uploads left unfinished under this store's prefix (by a process
+        that was killed, say); their parts are invisible but billed. Returns how many.
+
+        Call it only while holding the storage's lock, on a bucket Hangar owns: an upload in
+        progress in another process would be aborted too (and would then fail, not corrupt).
+        """
+        client = self.boto()
+        aborted = 0
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        except (ClientError, BotoCoreError) as exc:
+            raise self._boto_error(exc, "abort unfinished uploads in") from None
+        return aborted
+
     def delete_bucket(self) -> None:
         """Delete every object (whole bucket, whatever the prefix), abort unfinished multipart
         uploads, then delete the bucket. Raises BucketNotFound."""
@@ -319,7 +347,9 @@ class R2Store(S3Store):
     anonymous, and the transfer options of S3Store (see `resolve_r2`)."""
 
     scheme = "r2"
-    capabilities = Capabilities(listing_has_meta=False, native_mount=False, anonymous_read=False)
+    capabilities = Capabilities(
+        listing_has_meta=False, native_mount=False, anonymous_read=False, unfinished_uploads=True
+    )
 
     def __init__(
         self,
