@@ -7,7 +7,7 @@ from typing import Any
 
 from hangar.catalog import Catalog
 from hangar.errors import StorageNotFound
-from hangar.launcher import LaunchPlan, plan_launch
+from hangar.launcher import LaunchPlan, plan_launch, preflight
 from hangar.models import MountMode, StorageSpec, Task
 from hangar.progress import NullProgress, ProgressSink
 from hangar.spec import parse_task
@@ -73,14 +73,18 @@ class Storage:
         return plan_launch(self._task())
 
     def upload(
-        self, progress: ProgressSink | None = None, command: str = "hangar.Storage.upload"
+        self,
+        progress: ProgressSink | None = None,
+        command: str = "hangar.Storage.upload",
+        full: bool = False,
     ) -> list[SyncReport]:
-        """Create the buckets if needed and sync the source into each (incrementally)."""
+        """Create the buckets if needed and sync the source into each (incrementally).
+        `full` lists the bucket even when the manifest of the last sync could stand in."""
         progress = progress or NullProgress()
-        plan_launch(self._task())  # the same preflight a launch does
+        preflight(self._task())  # the same checks a launch makes (ensure checks the buckets)
         with storage_lock(self.name, progress):
             stores = ensure(self.spec, command=command, mode=str(self.mode))
-            return upload_storage(self.spec, stores, progress=progress)
+            return upload_storage(self.spec, stores, progress=progress, full=full)
 
     def delete(self) -> None:
         """Delete the buckets Hangar created for this storage and forget it."""

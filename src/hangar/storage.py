@@ -23,6 +23,7 @@ from hangar.progress import NullProgress, ProgressSink
 from hangar.stores import open_store, store_from_uri
 from hangar.stores.base import Store
 from hangar.sync import SyncReport, sync_up
+from hangar.sync.manifest import Manifest
 
 
 def store_types(spec: StorageSpec) -> list[str]:
@@ -43,7 +44,7 @@ def storage_lock(name: str, progress: ProgressSink) -> Iterator[None]:
     locks = hangar_home() / "locks"
     locks.mkdir(mode=0o700, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    lock = FileLock(str(locks / f"{safe}.lock"))
+    lock = FileLock(str(locks / f"{safe}.lock"), mode=0o600)
     try:
         lock.acquire(timeout=0.2)
     except Timeout:
@@ -106,6 +107,7 @@ def ensure(spec: StorageSpec, *, command: str, mode: str = "") -> list[Store]:
             known = record.store(store.scheme) if record else None
             created = known.created if known else not spec.is_external
             if not present:
+                cat.manifest_forget(store.url)  # whatever it said was in an older bucket
                 try:
                     store.create_bucket()
                 except BucketExists as exc:  # taken between our check and the create
@@ -132,8 +134,12 @@ def upload(
     *,
     progress: ProgressSink | None = None,
     mirror: bool | None = None,
+    full: bool = False,
 ) -> list[SyncReport]:
     """Sync `spec`'s local source into each of its stores.
+
+    A re-sync compares the local files with the manifest of the last clean sync instead of
+    listing the bucket when `hangar.sync.manifest`'s trust rule allows; `full` always lists.
 
     The store's status becomes READY only when its sync completed without a failure; any
     error (including Ctrl-C) leaves UPLOAD_FAILED, and the next upload resumes, sending only
@@ -145,10 +151,28 @@ def upload(
     mirror = spec.sync is SyncPolicy.MIRROR if mirror is None else mirror
     reports: list[SyncReport] = []
     with Catalog() as cat:
+        record = cat.get(spec.name)
         for store in stores:
             cat.set_status(spec.name, store.scheme, Status.INIT)
             try:
-                report = sync_up(spec.local_roots, store, mirror=mirror, progress=progress)
+                known = record.store(store.scheme) if record else None
+                # Only a run that did not finish (status still INIT or UPLOAD_FAILED) can have
+                # left unfinished uploads; skipping the check after a clean one saves a request
+                # and the control-plane client's start-up on every re-sync.
+                if (
+                    store.capabilities.unfinished_uploads
+                    and known is not None
+                    and known.created
+                    and known.status is not Status.READY
+                ):
+                    _abort_unfinished(store, progress)
+                report = sync_up(
+                    spec.local_roots,
+                    store,
+                    mirror=mirror,
+                    progress=progress,
+                    manifest=Manifest(cat, store.url, full=full),
+                )
             except BaseException:
                 cat.set_status(spec.name, store.scheme, Status.UPLOAD_FAILED)
                 raise
@@ -165,6 +189,16 @@ def upload(
                 nbytes=sum(f.size for f in files) + sum(i.remote.size for i in kept if i.remote),
             )
     return reports
+
+
+def _abort_unfinished(store: Store, progress: ProgressSink) -> None:
+    """Abort multipart uploads a killed run left in a bucket Hangar created (we hold the
+    storage's lock, so no other Hangar process is uploading to it)."""
+    aborted = int(getattr(store, "abort_unfinished_uploads")())  # noqa: B009
+    if aborted:
+        progress.note(
+            f"{store.url}: aborted {aborted} unfinished multipart upload(s) left by an earlier run"
+        )
 
 
 @dataclass(frozen=True)

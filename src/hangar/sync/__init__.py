@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hangar.models import LocalRoot
 from hangar.progress import NullProgress, ProgressSink
@@ -18,6 +20,9 @@ from hangar.sync.apply import ApplyResult, UploadError, apply_plan, run_bounded
 from hangar.sync.checksum import ChecksumCache
 from hangar.sync.plan import Action, Plan, PlanItem, checksum_candidates, make_plan
 from hangar.sync.scan import LocalFile, ScanResult, scan_local
+
+if TYPE_CHECKING:
+    from hangar.sync.manifest import Manifest
 
 __all__ = [
     "Action",
@@ -55,8 +60,13 @@ def sync_up(
     progress: ProgressSink | None = None,
     checksums: ChecksumCache | None = None,
     workers: int = 16,
+    manifest: Manifest | None = None,
 ) -> SyncReport:
     """Upload what changed in `roots` to `store` (whose bucket must exist).
+
+    With a `manifest` (see `hangar.sync.manifest` for when it is trusted), the bucket is not
+    listed when the manifest may stand in for the listing, and a sync that finishes cleanly
+    records what it left in the bucket; one that fails forgets the manifest.
 
     Checksums the plan needs are computed in parallel first. Scan warnings go to
     ``progress.note``. With `mirror`, objects with no local file are deleted, but only after
@@ -66,17 +76,29 @@ def sync_up(
     one created here is closed here.
     """
     sink = progress if progress is not None else NullProgress()
+    scan_started_ns = time.time_ns()
     scan = scan_local(roots)
     for warning in scan.warnings:
         sink.note(warning)
-    remote = {obj.key: obj for obj in store.list()}
+    remote = manifest.remote(store, scan.files, mirror=mirror) if manifest is not None else None
+    listed_at: float | None = None
+    if remote is None:
+        listed_at = time.time()
+        remote = {obj.key: obj for obj in store.list()}
     cache = checksums if checksums is not None else ChecksumCache()
     try:
         _prefetch_checksums(checksum_candidates(scan.files, remote), cache, workers)
         plan = make_plan(scan.files, remote, mirror=mirror, md5_of=cache.md5)
         if dry_run:
             return SyncReport(plan=plan, result=None, scan=scan)
-        result = apply_plan(plan, store, md5_of=cache.md5, progress=sink, workers=workers)
+        try:
+            result = apply_plan(plan, store, md5_of=cache.md5, progress=sink, workers=workers)
+        except BaseException:
+            if manifest is not None:
+                manifest.forget()  # the next sync lists the bucket to see what got there
+            raise
+        if manifest is not None:
+            manifest.record(plan, cache.known, scan_started_ns=scan_started_ns, listed_at=listed_at)
         return SyncReport(plan=plan, result=result, scan=scan)
     finally:
         if checksums is None:

