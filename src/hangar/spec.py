@@ -176,12 +176,14 @@ def parse_task(
     )
 
 
-def check_single_node(task: Task) -> None:
-    """SpecError unless `task` runs on one node (the only kind Hangar can launch today)."""
-    if task.num_nodes != 1:
+def check_single_node(task: Task, cluster: str | None = None) -> None:
+    """SpecError unless `task` runs on one node, or a Ray cluster (`cluster`, an address) is
+    given for its `num_nodes`. Reads nothing: the caller resolves `--cluster` / RAY_ADDRESS."""
+    if task.num_nodes != 1 and not cluster:
         raise SpecError(
-            f"num_nodes is {task.num_nodes}: multi-node tasks need a Ray cluster, which Hangar "
-            "does not support yet; set num_nodes: 1",
+            f"num_nodes is {task.num_nodes}: multi-node tasks need a Ray cluster, and none was "
+            "given. To fix: 1. pass its address, `hangar launch --cluster HEAD_IP:6379 ...`; "
+            "or 2. set RAY_ADDRESS=HEAD_IP:6379; or 3. set num_nodes: 1 to run here",
             "num_nodes",
         )
 
