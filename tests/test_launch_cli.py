@@ -480,3 +480,32 @@ def test_verify_finds_missing_extra_and_corrupt(tmp_path: Path, hangar_home: Pat
     assert "missing: c/d.txt" in bad.stdout
     assert "extra:   stray.txt" in bad.stdout
     assert (bucket / "stray.txt").exists()  # verify only reports
+
+
+@pytest.mark.parametrize(("mode", "kept"), [("COPY", True), ("MOUNT", False)])
+def test_writable_mount_drops_the_resync_manifest(
+    tmp_path: Path, hangar_home: Path, mode: str, kept: bool
+) -> None:
+    """A task that may write through a mount changes the bucket behind the manifest, so the
+    next re-sync must list the bucket instead of trusting it."""
+    from hangar.catalog import Catalog
+
+    src = make_tree(tmp_path / "src", {"a.txt": "a"})
+    assert hangar("storage", "upload", str(src), "--name", "manifested").returncode == 0
+    with Catalog() as cat:
+        assert cat.manifest("local://manifested") is not None
+    task = write_yaml(
+        tmp_path / "t.yaml",
+        f"""
+file_mounts:
+  {tmp_path}/m:
+    name: manifested
+    source: {src}
+    mode: {mode}
+run: "true"
+""",
+    )
+    result = hangar("launch", str(task))
+    assert result.returncode == 0, result.stderr
+    with Catalog() as cat:
+        assert (cat.manifest("local://manifested") is not None) is kept

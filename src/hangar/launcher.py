@@ -19,7 +19,7 @@ from hangar.catalog import Catalog
 from hangar.config import logs_dir
 from hangar.errors import BucketExists, BucketNotFound, HangarError, SpecError, StorageNotFound
 from hangar.executors.local import NodeContext, run_task
-from hangar.models import MountSpec, StorageSpec, SyncPolicy, Task
+from hangar.models import MountMode, MountSpec, StorageSpec, SyncPolicy, Task
 from hangar.node.attach import attach_all, check_target
 from hangar.progress import NullProgress, ProgressSink
 from hangar.spec import check_single_node
@@ -193,6 +193,22 @@ def _cluster_for(task: Task, cluster: str | None) -> str | None:
     return cluster_address(cluster)
 
 
+def _forget_manifests_of_writable_mounts(task: Task, attached: dict[str, Store]) -> None:
+    """A task that can write through a mount changes the bucket behind the re-sync manifest:
+    forget it, so the next upload lists the bucket instead of trusting the manifest."""
+    from hangar.node.mount import effective_read_only
+
+    writable = {
+        attached[m.storage].url
+        for m in task.mounts
+        if m.mode is not MountMode.COPY and not effective_read_only(m)
+    }
+    if writable:
+        with Catalog() as cat:
+            for url in writable:
+                cat.manifest_forget(url)
+
+
 def new_task_id(task: Task) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{task.name or 'task'}-{stamp}-{secrets.token_hex(3)}"
@@ -240,6 +256,7 @@ def launch(
                     f"sent {sent} file(s), {_human(sent_bytes)}"
                 )
             attached[spec.name] = stores[0]
+        _forget_manifests_of_writable_mounts(task, attached)
         if address is not None:
             from hangar.executors.ray import run_on_cluster
 
