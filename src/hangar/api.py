@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hangar.catalog import Catalog
 from hangar.errors import StorageNotFound
-from hangar.launcher import LaunchPlan, plan_launch, preflight
 from hangar.models import MountMode, StorageSpec, Task
 from hangar.progress import NullProgress, ProgressSink
 from hangar.spec import parse_task
@@ -18,6 +17,9 @@ from hangar.stores import open_store, parse_uri, store_from_uri
 from hangar.sync import SyncReport
 from hangar.sync.download import DownloadResult
 from hangar.sync.download import download as download_store
+
+if TYPE_CHECKING:  # the launcher (mounts, executors) is imported only when used
+    from hangar.launcher import LaunchPlan
 
 
 class Storage:
@@ -70,6 +72,8 @@ class Storage:
 
     def plan(self) -> LaunchPlan:
         """What `upload()` would do; changes nothing."""
+        from hangar.launcher import plan_launch
+
         return plan_launch(self._task())
 
     def upload(
@@ -81,6 +85,8 @@ class Storage:
         """Create the buckets if needed and sync the source into each (incrementally).
         `full` lists the bucket even when the manifest of the last sync could stand in."""
         progress = progress or NullProgress()
+        from hangar.launcher import preflight
+
         preflight(self._task())  # the same checks a launch makes (ensure checks the buckets)
         with storage_lock(self.name, progress):
             stores = ensure(self.spec, command=command, mode=str(self.mode))
@@ -114,8 +120,10 @@ def download(
     return download_store(store, dest, subpath=subpath, progress=progress or NullProgress())
 
 
-def launch(task: Task, progress: ProgressSink | None = None) -> int:
-    """Run `task` on this machine; returns its exit code."""
+def launch(task: Task, progress: ProgressSink | None = None, *, cluster: str | None = None) -> int:
+    """Run `task`; returns its exit code. One node runs on this machine; `num_nodes: N` runs
+    on the Ray cluster at `cluster` (``host:port``; default: RAY_ADDRESS), as
+    ``hangar launch --cluster`` does."""
     from hangar.launcher import launch as do_launch
 
-    return do_launch(task, progress=progress)
+    return do_launch(task, progress=progress, cluster=cluster)

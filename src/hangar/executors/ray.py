@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -329,7 +330,6 @@ class _Run:
         self.failed_code = 0
         self.stopping = False
         self.went = False
-        self.pending: dict[Any, _Node] = {}  # poll in flight -> its node
         self.stop_timeout = _seconds("HANGAR_RAY_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT)
         self.deadline: float | None = None  # set when the nodes are told to stop
 
@@ -381,22 +381,32 @@ class _Run:
             )
         self._stop_all()
 
-    def loop(self) -> bool:
+    def loop(self, signals: _Signals) -> bool:
         """Relay events until every node has exited; False if, once the nodes were told to
-        stop, they did not all exit within HANGAR_RAY_STOP_TIMEOUT.
+        stop, they did not all exit within HANGAR_RAY_STOP_TIMEOUT, or on a second Ctrl-C.
 
-        Outstanding polls survive an interrupted call (their events are not lost)."""
-        pending = self.pending
-        polled = set(pending.values())
+        A Ctrl-C (or SIGTERM) only counts in `signals`; it is acted on here, between Ray
+        calls. Raising KeyboardInterrupt inside one could drop a poll that is already in
+        flight, and with it the events a node sends as it stops (its ``exit`` among them),
+        after which this would wait for an exit it had already been sent."""
+        pending: dict[Any, _Node] = {}  # poll in flight -> its node
         for n in self.nodes:
-            if n.exit_code is None and n not in polled:
+            if n.exit_code is None:
                 pending[n.agent.poll.remote(0.5)] = n
+        seen = 0
         while pending:
+            if signals.count != seen:
+                seen = signals.count
+                if seen >= 2:
+                    self.progress.note("interrupted again: ending every node now")
+                    return False
+                self.progress.note("interrupted: stopping every node and undoing its mounts")
+                self._stop_all()
             if self.deadline is not None and time.monotonic() > self.deadline:
                 return False
-            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.25)
             for ref in ready:
-                node = pending[ref]
+                node = pending.pop(ref)
                 try:
                     events = self.ray.get(ref)
                 except Exception as exc:  # the agent died (its node failed)
@@ -405,45 +415,60 @@ class _Run:
                          "text": f"lost contact with the node: {exc}"},
                         {"ev": "exit", "code": 1},
                     ]  # fmt: skip
-                del pending[ref]
                 for ev in events:
                     self._handle(node, ev)
                 if node.exit_code is None:
                     pending[node.agent.poll.remote(0.5)] = node
         return True
 
-    def _warn_unfinished(self, finished: bool) -> None:
-        if not finished:
-            late = ", ".join(str(n.rank) for n in self.nodes if n.exit_code is None)
-            self.progress.note(
-                f"warning: rank(s) {late} did not stop within {self.stop_timeout:.0f}s "
-                "(HANGAR_RAY_STOP_TIMEOUT); ending their agents, after which they stop and "
-                "undo their mounts on their own"
-            )
+    def _warn_unfinished(self, finished: bool, interrupts: int) -> None:
+        if finished or interrupts >= 2:
+            return
+        late = ", ".join(str(n.rank) for n in self.nodes if n.exit_code is None)
+        self.progress.note(
+            f"warning: rank(s) {late} did not stop within {self.stop_timeout:.0f}s "
+            "(HANGAR_RAY_STOP_TIMEOUT); ending their agents, after which they stop and "
+            "undo their mounts on their own"
+        )
 
     def run(self, jobs: Mapping[int, str]) -> int:
-        """Start every node's runner (`jobs`: rank -> NodeJob JSON) and relay until all end."""
-        try:
+        """Start every node's runner (`jobs`: rank -> NodeJob JSON) and relay until all end.
+        Raises KeyboardInterrupt, once every node has stopped, when interrupted."""
+        with _Signals() as signals:
             for node in self.nodes:
                 node.agent.start.remote(jobs[node.rank])
-            finished = self.loop()
-        except KeyboardInterrupt:
-            self.progress.note("interrupted: stopping every node and undoing its mounts")
-            self._stop_all()
-            try:
-                finished = self.loop()
-            except KeyboardInterrupt:
-                self.progress.note("interrupted again: ending every node now")
-                finished = True
-            self._warn_unfinished(finished)
-            raise KeyboardInterrupt from None
-        self._warn_unfinished(finished)
+            finished = self.loop(signals)
+        self._warn_unfinished(finished, signals.count)
+        if signals.count:
+            raise KeyboardInterrupt
         failed = self.failed
         if failed is None:
             return 0
         if failed.errors:
             raise _node_error(failed, failed.errors[0])
         return self.failed_code
+
+
+class _Signals:
+    """While entered (in the main thread), SIGINT and SIGTERM are counted instead of raising
+    KeyboardInterrupt wherever the main thread happens to be. Elsewhere: counts nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
 
 def run_on_cluster(
