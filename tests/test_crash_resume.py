@@ -9,11 +9,6 @@ next upload (S3: list_multipart_uploads shows none for Hangar's keys).
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,11 +22,15 @@ from trust_helpers import (
     MiB,
     catalog_rows,
     is_object_write,
+    kill9,
     md5_tree,
     md5s,
     proxied_env,
+    run_cli,
     seeded_tree,
+    sent_count,
     sizes,
+    start_cli,
     statuses,
     wait_for,
     write_random,
@@ -44,40 +43,6 @@ FILES = 200
 def cloud(request: pytest.FixtureRequest) -> Backend:
     b: Backend = request.getfixturevalue(f"{request.param}_backend")
     return b
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hangar.cli", *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def _kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hangar.cli", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _sent(stderr: str) -> int:
-    counts = re.findall(r"sent (\d+) file\(s\)", stderr)
-    assert counts, stderr
-    return int(counts[-1])
 
 
 def _watch_partial(
@@ -115,11 +80,11 @@ def test_kill_upload_then_resume_sends_only_the_rest(
     listing = _watch_partial(cloud, name, expected)
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
         proxy.delay(0.2, is_object_write)  # about 80 files/s: every kill point is reachable
-        proc = _start(args, proxied_env(cloud, proxy.url), tmp_path / "first.log")
+        proc = start_cli(args, proxied_env(cloud, proxy.url), tmp_path / "first.log")
         try:
             wait_for(lambda: len(listing()) >= point, timeout=120, what=f"{point} objects")
         finally:
-            _kill9(proc)
+            kill9(proc)
         _settle(proxy)
     visible = listing()
     assert point <= len(visible) < FILES, "the kill point was not mid-upload"
@@ -127,9 +92,9 @@ def test_kill_upload_then_resume_sends_only_the_rest(
     complete = cloud.objects(name)
     assert md5s(complete) == md5s({k: files[k] for k in complete})  # whole objects only
 
-    resumed = _run(args)
+    resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr
-    assert _sent(resumed.stderr) == FILES - len(visible)  # only what was not complete
+    assert sent_count(resumed.stderr) == FILES - len(visible)  # only what was not complete
     assert md5s(cloud.objects(name)) == md5s(files)
     assert statuses(hangar_home, name) == ["READY"]
 
@@ -161,18 +126,18 @@ def test_kill_mid_multipart_leaves_nothing_visible_and_is_cleaned_up(
     client = s3_backend.client
     with FaultProxy(s3_backend.endpoint) as proxy:
         proxy.delay(120, hold)
-        proc = _start(args, proxied_env(s3_backend, proxy.url), tmp_path / "first.log")
+        proc = start_cli(args, proxied_env(s3_backend, proxy.url), tmp_path / "first.log")
         try:
             wait_for(lambda: reached(proxy), timeout=120, what="the multipart kill point")
         finally:
-            _kill9(proc)
+            kill9(proc)
         _settle(proxy)  # the held requests are dropped, never forwarded
     assert "big.bin" not in sizes(s3_backend, name)  # no partial object under the final key
     left = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
     assert [u["Key"] for u in left] == ["big.bin"]
     assert set(statuses(hangar_home, name)) <= {"INIT", "UPLOAD_FAILED"}
 
-    resumed = _run(args)
+    resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr
     assert "aborted 1 unfinished multipart upload(s)" in resumed.stderr
     assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
@@ -195,20 +160,22 @@ def test_kill_launch_mid_upload_then_relaunch(
     listing = _watch_partial(s3_backend, name, {k: len(v) for k, v in files.items()})
     with FaultProxy(s3_backend.endpoint) as proxy:
         proxy.delay(0.2, is_object_write)
-        proc = _start(["launch", str(task)], proxied_env(s3_backend, proxy.url), tmp_path / "l.log")
+        proc = start_cli(
+            ["launch", str(task)], proxied_env(s3_backend, proxy.url), tmp_path / "l.log"
+        )
         try:
             wait_for(lambda: len(listing()) >= 40, timeout=120, what="40 objects")
         finally:
-            _kill9(proc)
+            kill9(proc)
         _settle(proxy)
     visible = listing()
     assert 40 <= len(visible) < FILES
     assert [r["status"] for r in catalog_rows(hangar_home)] in (["INIT"], ["UPLOAD_FAILED"])
     assert not out.exists() or not any(out.iterdir())  # the task never ran
 
-    again = _run(["launch", str(task)])
+    again = run_cli(["launch", str(task)])
     assert again.returncode == 0, again.stderr
-    assert _sent(again.stderr) == FILES - len(visible)
+    assert sent_count(again.stderr) == FILES - len(visible)
     assert again.stdout.strip() == "7"  # the COPY landed: seven directories
     assert md5s(s3_backend.objects(name)) == md5s(files)
     assert statuses(hangar_home, name) == ["READY"]

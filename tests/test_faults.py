@@ -25,6 +25,7 @@ from trust_helpers import (
     catalog_rows,
     is_bucket_create,
     is_object_read,
+    is_object_write,
     md5_tree,
     md5s,
     proxied_env,
@@ -120,6 +121,39 @@ def test_every_request_faulted_fails_cleanly_and_deletes_nothing(
     assert attempts >= 2
     assert statuses(hangar_home, name) == ["UPLOAD_FAILED"]
     assert md5s(cloud.objects(name)) == before  # nothing deleted, nothing half-written
+
+
+def test_a_store_refusing_every_write_stops_after_one_wave(
+    cloud: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangar_home: Path
+) -> None:
+    """Every object write fails: after one wave of files in flight has failed (each after its
+    own retries) no further file is started, instead of spending a full retry budget on each
+    of the 300 files. Counted in requests at the proxy, not in seconds."""
+    from hangar.storage import ensure, upload
+    from hangar.sync.apply import give_up_after
+
+    src = tmp_path / "src"
+    seeded_tree(src, 300, seed=5)
+    name = unique_bucket("wave")
+    monkeypatch.setenv("HANGAR_MAX_RETRIES", "1")
+    monkeypatch.setenv("HANGAR_RETRY_TIMEOUT", "2")
+    with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
+        _through(proxy, cloud, monkeypatch)
+        storage = Storage(name=name, source=str(src), stores=[cloud.store_type])
+        stores = ensure(storage.spec, command="test")
+        proxy.fault_fraction(1.0, ("503",), seed=2, match=is_object_write)
+        with pytest.raises(HangarError) as err:
+            upload(storage.spec, stores)
+        with proxy.state.lock:
+            writes = sum(is_object_write(m, p) for m, p in proxy.state.requests)
+    message = str(err.value)
+    wave = give_up_after(16)  # 16: the upload's workers
+    assert "not tried" in message, message
+    assert writes <= (wave + 16) * 4, writes  # one wave (+ those in flight), a few tries each
+    files_tried = int(message.split(" of 300 ")[0].split()[-1])
+    assert wave <= files_tried < 300, message
+    assert statuses(hangar_home, name) == ["UPLOAD_FAILED"]
+    assert cloud.objects(name) == {}
 
 
 def test_all_faulted_cli_names_the_store_and_creates_nothing(

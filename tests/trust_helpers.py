@@ -8,7 +8,11 @@ import hashlib
 import json
 import os
 import random
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,3 +175,41 @@ def snapshot(home: Path) -> tuple[str, list[str]]:
         sorted(str(p.relative_to(buckets)) for p in buckets.rglob("*")) if buckets.is_dir() else []
     )
     return json.dumps(catalog_rows(home), sort_keys=True), listing
+
+
+def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`hangar ARGS` in its own process group, output to `log` (for kill points)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hangar.cli", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the whole process group of a `start_cli` process."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`hangar ARGS` to completion (5 minutes at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hangar.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def sent_count(stderr: str) -> int:
+    """How many files the last transfer summary says were sent."""
+    counts = re.findall(r"sent (\d+) file\(s\)", stderr)
+    assert counts, stderr
+    return int(counts[-1])

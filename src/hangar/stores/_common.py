@@ -18,8 +18,14 @@ from hangar.stores.base import Progress
 # Memory held per large upload is about part_size * max_concurrency.
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 DEFAULT_PART_CONCURRENCY = 8
-DEFAULT_MAX_RETRIES = 8
+# Retries of a data-plane request (an object's or a part's bytes). The backoff grows fast
+# (see ObstoreStore.retry_config), so these ride out a server restart or a network blip of a
+# minute; HANGAR_RETRY_TIMEOUT is what bounds a request that keeps failing.
+DEFAULT_MAX_RETRIES = 20
 DEFAULT_RETRY_TIMEOUT = 120.0  # seconds, from a request's first try to its last retry
+# Control-plane calls (bucket checks, listings) retry less: they come first, and a server that
+# cannot be reached then is more likely a wrong endpoint than a blip, so fail in seconds.
+CONTROL_MAX_RETRIES = 4
 DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte from the server before a request is retried
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum (all but the last part)
 DOWNLOAD_CHUNK = 8 * 1024 * 1024
@@ -58,6 +64,11 @@ def transfer_option(option: float | None, env: str, default: float) -> float:
     if value < 0:
         raise StoreError(f"{env}={raw!r} is negative. To fix: unset it or give a number >= 0.")
     return value
+
+
+def control_retries(max_retries: int) -> int:
+    """Retries for a control-plane call: `max_retries`, at most CONTROL_MAX_RETRIES."""
+    return min(max_retries, CONTROL_MAX_RETRIES)
 
 
 def norm_prefix(prefix: str) -> str:

@@ -162,13 +162,18 @@ class ObstoreDataPlane:
             return self._obs
 
     def retry_config(self) -> dict[str, Any]:
+        """object_store's backoff is decorrelated jitter: each wait is drawn from
+        [init, previous * base]. With base 2 the waits barely grow (8 retries spent about 2 s,
+        so a 3 s server restart failed uploads); with base 8 and 20 retries the waits add up to
+        more than a minute in 999 of 1000 draws, so a restart is ridden out while a request
+        that keeps failing is still bounded by retry_timeout."""
         return {
             "max_retries": self.max_retries,
             "retry_timeout": timedelta(seconds=self.retry_timeout),
             "backoff": {
                 "init_backoff": timedelta(milliseconds=100),
-                "max_backoff": timedelta(seconds=15),
-                "base": 2,
+                "max_backoff": timedelta(seconds=10),
+                "base": 8,
             },
         }
 

@@ -27,7 +27,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from hangar.errors import AccessDenied, BucketExists, BucketNotFound, HangarError, StoreError
-from hangar.stores._common import parse_int, parse_md5, scrub, short_cause
+from hangar.stores._common import control_retries, parse_int, parse_md5, scrub, short_cause
 from hangar.stores._obstore import ObstoreDataPlane
 from hangar.stores.base import Capabilities, ObjectInfo, RcloneRemote
 from hangar.stores.settings import AzureSettings, resolve_azure
@@ -163,7 +163,7 @@ class AzureStore(ObstoreDataPlane):
                     retry_policy=ExponentialRetry(
                         initial_backoff=1,
                         increment_base=2,
-                        retry_total=self.max_retries,
+                        retry_total=control_retries(self.max_retries),
                         random_jitter_range=1,
                     ),
                     connection_timeout=5,

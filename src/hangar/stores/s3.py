@@ -25,7 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from hangar.errors import AccessDenied, BucketExists, BucketNotFound, HangarError, StoreError
-from hangar.stores._common import md5_from_etag, scrub
+from hangar.stores._common import control_retries, md5_from_etag, scrub
 from hangar.stores._obstore import ObstoreDataPlane
 from hangar.stores.base import Capabilities, ObjectInfo, RcloneRemote
 from hangar.stores.settings import AwsKeys, S3Settings, resolve_r2, resolve_s3
@@ -172,7 +172,10 @@ class S3Store(ObstoreDataPlane):
             if self._boto is None:
                 settings = self.settings
                 config = Config(
-                    retries={"mode": "standard", "max_attempts": self.max_retries + 1},
+                    retries={
+                        "mode": "standard",
+                        "max_attempts": control_retries(self.max_retries) + 1,
+                    },
                     connect_timeout=5,
                     read_timeout=self.read_timeout,
                     s3={"addressing_style": "path"} if settings.endpoint else {},

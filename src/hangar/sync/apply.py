@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
-from hangar.errors import BucketNotFound, HangarError, SyncError
+from hangar.errors import AccessDenied, BucketNotFound, HangarError, StoreError, SyncError
 from hangar.progress import ProgressSink
 from hangar.stores.base import FileMeta, Progress, Store
 from hangar.sync.plan import Plan, PlanItem
@@ -77,15 +77,39 @@ def failure_message(what: str, failures: Sequence[tuple[str, str]], total: int) 
     return f"{len(failures)} of {total} {what} failed: {shown}{tail}."
 
 
+@dataclass
+class Bounded(Generic[T]):
+    """What `run_bounded` did: the items that raised, and how many were never started
+    because it gave up (`give_up_after` store failures in a row)."""
+
+    failures: list[tuple[T, BaseException]] = field(default_factory=list)
+    not_started: int = 0
+
+    def gave_up_note(self, give_up_after: int) -> str:
+        """' Stopped after N failures in a row ...' (empty when it did not give up)."""
+        if not self.not_started:
+            return ""
+        return (
+            f" Stopped after {give_up_after} failures in a row (the store looks unreachable "
+            f"or refuses every request): {self.not_started} file(s) not tried."
+        )
+
+
+def _store_failure(exc: BaseException) -> bool:
+    """A failure that says something about the store (unreachable, refusing), not the file."""
+    return isinstance(exc, StoreError | AccessDenied)
+
+
 def run_bounded(
     items: Iterable[T],
     work: Callable[[T], None],
     *,
     workers: int,
     cancel: threading.Event,
-) -> list[tuple[T, BaseException]]:
+    give_up_after: int = 0,
+) -> Bounded[T]:
     """Run `work(item)` for every item on up to `workers` threads; returns the (item, exception)
-    pairs of items that raised.
+    pairs of items that raised, and how many items were never started.
 
     Each thread pulls the next item from the shared iterator only when it is free, so at most
     `workers` items are in flight and nothing is queued (per-item overhead: one lock). When
@@ -93,14 +117,23 @@ def run_bounded(
     thread, e.g. KeyboardInterrupt), threads stop pulling items; items in flight should watch
     `cancel` themselves. BucketNotFound and the caller's exception propagate after every
     thread has stopped.
+
+    With `give_up_after` > 0, that many store failures in a row (each one after its own
+    retries, none succeeding in between) mean the store is down or refuses everything: no
+    further item is started (those in flight finish), instead of spending a full retry budget
+    on every remaining item.
     """
     it = iter(items)
     lock = threading.Lock()
+    out: Bounded[T] = Bounded()
     failures: list[tuple[T, BaseException]] = []
     fatal: list[BaseException] = []
+    halt = threading.Event()
+    streak = 0
 
     def worker() -> None:
-        while not cancel.is_set():
+        nonlocal streak
+        while not cancel.is_set() and not halt.is_set():
             with lock:
                 try:
                     item = next(it)
@@ -118,6 +151,13 @@ def run_bounded(
                     return
                 with lock:
                     failures.append((item, exc))
+                    if _store_failure(exc):
+                        streak += 1
+                        if give_up_after and streak >= give_up_after:
+                            halt.set()
+            else:
+                with lock:
+                    streak = 0
 
     n_threads = max(1, min(workers, len(items)) if isinstance(items, Sized) else workers)
     threads = [
@@ -138,7 +178,16 @@ def run_bounded(
         raise
     if fatal:
         raise fatal[0]
-    return failures
+    out.failures = list(failures)
+    if halt.is_set():
+        out.not_started = sum(1 for _ in it)
+    return out
+
+
+def give_up_after(workers: int) -> int:
+    """Store failures in a row after which a transfer stops starting files: one full wave of
+    the files in flight (at least 8), each of which spent its own retries."""
+    return max(8, workers)
 
 
 def _same(st: os.stat_result, f: LocalFile) -> bool:
@@ -191,13 +240,15 @@ def apply_plan(
 
     progress.start(label or f"upload {store.url}", len(uploads), plan.bytes_to_send)
     try:
-        failed = run_bounded(uploads, upload, workers=workers, cancel=cancel)
-        result.failures = [(item.key, describe(exc)) for item, exc in failed]
+        give_up = give_up_after(workers)
+        ran = run_bounded(uploads, upload, workers=workers, cancel=cancel, give_up_after=give_up)
+        result.failures = [(item.key, describe(exc)) for item, exc in ran.failures]
         if result.failures:
             deletes = len(plan.deletes)
             note = f" Skipped deleting {deletes} objects only in the bucket." if deletes else ""
             raise UploadError(
                 failure_message(f"uploads to {store.url}", result.failures, len(uploads))
+                + ran.gave_up_note(give_up)
                 + note
                 + " To fix: address the cause and run the sync again; files already uploaded"
                 " are not sent again.",

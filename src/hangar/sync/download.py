@@ -25,7 +25,7 @@ from pathlib import Path
 from hangar.errors import ObjectNotFound, SyncError
 from hangar.progress import NullProgress, ProgressSink
 from hangar.stores.base import ObjectInfo, Store
-from hangar.sync.apply import Cancelled, describe, failure_message, run_bounded
+from hangar.sync.apply import Cancelled, describe, failure_message, give_up_after, run_bounded
 from hangar.sync.scan import dir_prefixes
 
 NAME_MAX = 255
@@ -217,15 +217,17 @@ def _run(
 
     todo.sort(key=lambda j: -j.obj.size)
     sink.start(f"download {store.url} -> {dest}", len(todo), sum(j.obj.size for j in todo))
+    give_up = give_up_after(workers)
     try:
-        failed = run_bounded(todo, fetch, workers=workers, cancel=cancel)
+        ran = run_bounded(todo, fetch, workers=workers, cancel=cancel, give_up_after=give_up)
     finally:
         sink.finish()
-    failures.extend((job.obj.key, describe(exc)) for job, exc in failed)
+    failures.extend((job.obj.key, describe(exc)) for job, exc in ran.failures)
     if failures:
-        total = len(todo) + len(failures) - len(failed)  # fetched + known to fail
+        total = len(todo) + len(failures) - len(ran.failures)  # fetched + known to fail
         raise DownloadError(
             failure_message(f"downloads from {store.url} to {dest}", failures, total)
+            + ran.gave_up_note(give_up)
             + " To fix: address the cause and run again; files already downloaded are kept.",
             failures,
             result,
