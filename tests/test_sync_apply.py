@@ -294,15 +294,14 @@ def test_interrupted_upload_resumes_with_only_what_is_missing(
         write(src / f"f{i:02d}.txt", f"file {i}" * (i + 1), mtime_ns=old())
     flaky = CountingStore(store, fail_after=15)  # the network goes away after 15 files
     with pytest.raises(UploadError) as err:
-        sync(src, flaky, workers=4)
+        sync(src, flaky, workers=1)  # one at a time: the counts below are exact
     sent = err.value.result.uploaded
     assert sent == 15
     # It stops starting files after 8 failures in a row (the store looks unreachable): the
-    # files in flight then fail too, and the rest are reported as not tried.
-    failed = len(err.value.failures)
-    assert 8 <= failed < 8 + 4, str(err.value)
-    assert f"{25 - failed} file(s) not tried" in str(err.value)
-    assert f"(and {failed - 5} more)" in str(err.value)
+    # rest are reported as not tried.
+    assert len(err.value.failures) == 8
+    assert "8 of 40 uploads" in str(err.value) and "(and 3 more)" in str(err.value)
+    assert "17 file(s) not tried" in str(err.value)
     assert len(bucket_files(store)) == 15
     resumed = CountingStore(store)
     report = sync(src, resumed, workers=4)

@@ -66,9 +66,22 @@ def test_resync_trusts_manifest_and_still_sees_local_changes(
     os.replace(tmp_path / "tmp", src / "f2.txt")
     assert _sent(st) == 0
     assert counting.lists == 1
+    # Other content, same size and the very same mtime, as a new file (new inode): the
+    # manifest's mtime is not trusted for another inode, so the checksum catches it.
+    old_ns = os.stat(src / "f3.txt").st_mtime_ns
+    (tmp_path / "tmp").write_text("CONTENT 3\n")
+    os.utime(tmp_path / "tmp", ns=(old_ns, old_ns))
+    os.replace(tmp_path / "tmp", src / "f3.txt")
+    assert _sent(st) == 1
+    # A file deleted locally stays in the bucket (additive sync) and is counted as kept.
+    (src / "f4.txt").unlink()
+    report = st.upload()[0]
+    assert report.plan.summary() == "4 unchanged, 1 only in bucket (kept)"
+    assert counting.lists == 1
     bucket = hangar_home / "buckets" / "man-a"
     if bucket.is_dir():
         assert (bucket / "f1.txt").read_text() == "CONTENT 1\n"
+        assert (bucket / "f3.txt").read_text() == "CONTENT 3\n"
 
 
 def test_full_mirror_and_max_age_list_the_bucket(

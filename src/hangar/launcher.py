@@ -18,9 +18,7 @@ from typing import BinaryIO
 from hangar.catalog import Catalog
 from hangar.config import logs_dir
 from hangar.errors import BucketExists, BucketNotFound, HangarError, SpecError, StorageNotFound
-from hangar.executors.local import NodeContext, run_task
 from hangar.models import MountMode, MountSpec, StorageSpec, SyncPolicy, Task
-from hangar.node.attach import attach_all, check_target
 from hangar.progress import NullProgress, ProgressSink
 from hangar.spec import check_single_node
 from hangar.storage import delete, ensure, open_stores, storage_lock, taken_message, upload
@@ -131,6 +129,8 @@ def preflight(task: Task, cluster: str | None = None) -> None:
                     where,
                 )
         if task.num_nodes == 1:
+            from hangar.node.attach import check_target  # FUSE helpers: only when needed
+
             check_target(target, where)
 
 
@@ -269,6 +269,9 @@ def launch(
                 out=out,
                 progress=progress,
             )
+        from hangar.executors.local import NodeContext, run_task
+        from hangar.node.attach import attach_all
+
         mounts: list[tuple[MountSpec, Store]] = [(m, attached[m.storage]) for m in task.mounts]
         with attach_all(mounts, task.copies, progress):
             progress.note(f"task {task_id}: logs in {log_dir}")

@@ -179,14 +179,14 @@ def upload(
             cat.set_status(spec.name, store.scheme, Status.READY)
             reports.append(report)
         if reports:
-            files = reports[0].scan.files
+            scan = reports[0].scan
             kept = [i for i in reports[0].plan.items if i.local is None and i.remote is not None]
             if mirror:
                 kept = []
             cat.set_stats(
                 spec.name,
-                objects=len(files) + len(kept),
-                nbytes=sum(f.size for f in files) + sum(i.remote.size for i in kept if i.remote),
+                objects=scan.count + len(kept),
+                nbytes=scan.total_bytes + sum(i.remote.size for i in kept if i.remote),
             )
     return reports
 

@@ -77,18 +77,25 @@ def sync_up(
     """
     sink = progress if progress is not None else NullProgress()
     scan_started_ns = time.time_ns()
-    scan = scan_local(roots)
+    # A trusted manifest stands in for the listing, and the scan sets aside the files it
+    # shows unchanged (see `scan_local`'s `known`), so only what may differ is planned.
+    rows = manifest.trusted_rows(store, mirror=mirror) if manifest is not None else None
+    scan = scan_local(roots, known=rows)
     for warning in scan.warnings:
         sink.note(warning)
-    remote = manifest.remote(store, scan.files, mirror=mirror) if manifest is not None else None
     listed_at: float | None = None
-    if remote is None:
+    files: list[LocalFile] = scan.files
+    unchanged = 0
+    if manifest is not None and rows is not None:
+        files, remote, unchanged = manifest.split(scan, rows)
+    else:
         listed_at = time.time()
         remote = {obj.key: obj for obj in store.list()}
     cache = checksums if checksums is not None else ChecksumCache()
     try:
-        _prefetch_checksums(checksum_candidates(scan.files, remote), cache, workers)
-        plan = make_plan(scan.files, remote, mirror=mirror, md5_of=cache.md5)
+        _prefetch_checksums(checksum_candidates(files, remote), cache, workers)
+        plan = make_plan(files, remote, mirror=mirror, md5_of=cache.md5)
+        plan.unchanged = unchanged
         if dry_run:
             return SyncReport(plan=plan, result=None, scan=scan)
         try:

@@ -42,7 +42,7 @@ from hangar.errors import BucketNotFound, HangarError, ObjectNotFound
 from hangar.stores.base import ObjectInfo, Store
 from hangar.sync.checksum import RACY_NS
 from hangar.sync.plan import SAME_CHECKSUM, Action, Plan
-from hangar.sync.scan import LocalFile
+from hangar.sync.scan import LocalFile, ScanResult
 
 MAX_AGE_ENV = "HANGAR_MANIFEST_MAX_AGE"
 DEFAULT_MAX_AGE = 24 * 3600.0
@@ -70,13 +70,9 @@ class Manifest:
         self.why_listed = ""  # why the last `remote()` returned None (for notes and tests)
         self.trusted = False
 
-    def remote(
-        self, store: Store, files: Sequence[LocalFile], *, mirror: bool
-    ) -> dict[str, ObjectInfo] | None:
-        """The bucket as the manifest knows it, when the trust rule allows using it instead of a
-        listing; else None (`why_listed` says why). A row's mtime is kept only when the local
-        file has the recorded device and inode, so any other file is compared by checksum.
-        Raises BucketNotFound."""
+    def trusted_rows(self, store: Store, *, mirror: bool) -> dict[str, ManifestRow] | None:
+        """The manifest's rows by key, when the trust rule allows using them instead of a
+        listing; else None (`why_listed` says why). Raises BucketNotFound."""
         self.trusted = False
         found = None if mirror or self.full else self.catalog.manifest(self.url)
         listed_at = found[0] if found is not None else None
@@ -97,14 +93,47 @@ class Manifest:
         if not self._sample_ok(store, rows):
             self.why_listed = "the bucket differs from the manifest"
             return None
-        where = {f.key: (f.dev, f.ino) for f in files}
-        get = where.get
-        remote = {
-            key: ObjectInfo(key, size, mtime_ns if get(key) == (dev, ino) else None, md5)
-            for key, size, mtime_ns, md5, dev, ino in rows
-        }
         self.trusted = True
-        return remote
+        return {row[0]: row for row in rows}
+
+    @staticmethod
+    def split(
+        scan: ScanResult, rows: dict[str, ManifestRow]
+    ) -> tuple[list[LocalFile], dict[str, ObjectInfo], int]:
+        """Compare the scan (made with ``known=rows``) with the trusted rows: (files to plan,
+        the bucket as the manifest knows it for those files and for keys with no local file,
+        how many files are unchanged).
+
+        A file is unchanged, and needs no plan item, when its row has the same size, a
+        recorded mtime_ns equal to the file's, and the same device and inode (the scan already
+        set those aside in `scan.unchanged`; a scan made without `known` is compared here).
+        For any other file with a row, the row's mtime is passed on only when device and inode
+        match, so a different file (a restored copy, a new checkout) is compared by checksum."""
+        rest: list[LocalFile] = []
+        remote: dict[str, ObjectInfo] = {}
+        get = rows.get
+        unchanged = len(scan.unchanged)
+        for f in scan.files:
+            row = get(f.key)
+            if row is None:
+                rest.append(f)
+                continue
+            _key, size, mtime_ns, md5, dev, ino = row
+            if size == f.size and ino == f.ino and dev == f.dev:
+                if mtime_ns == f.mtime_ns:
+                    unchanged += 1
+                    continue
+                remote[f.key] = ObjectInfo(f.key, size, mtime_ns, md5)
+            else:
+                remote[f.key] = ObjectInfo(f.key, size, None, md5)
+            rest.append(f)
+        if len(rows) > unchanged + len(remote):  # keys with no local file (kept)
+            local_keys = {f.key for f in scan.files}
+            local_keys.update(scan.unchanged)
+            for key, size, _mtime, md5, _dev, _ino in rows.values():
+                if key not in local_keys:
+                    remote[key] = ObjectInfo(key, size, None, md5)
+        return rest, remote, unchanged
 
     def _sample_ok(self, store: Store, rows: Sequence[ManifestRow]) -> bool:
         picked = random.sample(rows, min(SAMPLE, len(rows)))

@@ -46,9 +46,12 @@ class PlanItem(NamedTuple):
 
 @dataclass
 class Plan:
-    """Every key on either side, in order: local keys as given, then bucket-only keys sorted."""
+    """Every key on either side, in order: local keys as given, then bucket-only keys sorted.
+    `unchanged`: files known unchanged (from the manifest) that have no item; they are
+    counted as unchanged."""
 
     items: list[PlanItem]
+    unchanged: int = 0
 
     @property
     def uploads(self) -> list[PlanItem]:
@@ -69,6 +72,7 @@ class Plan:
     def counts(self) -> dict[str, int]:
         """Items per category: new, modified, unchanged, deleted, kept."""
         counts = dict.fromkeys(("new", "modified", "unchanged", "deleted", "kept"), 0)
+        counts["unchanged"] = self.unchanged
         for item in self.items:
             if item.reason == NEW:
                 counts["new"] += 1

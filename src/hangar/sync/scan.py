@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
@@ -61,6 +61,13 @@ class ScanResult:
     warnings: list[str] = field(default_factory=list)
     ignored: int = 0
     total_bytes: int = 0
+    # Keys of files left out of `files` because they match `known` (see `scan_local`).
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Every file found: listed in `files` or known unchanged."""
+        return len(self.files) + len(self.unchanged)
 
 
 class _Ignore:
@@ -139,8 +146,18 @@ class _FdCloser:
         os.close(self.fd)
 
 
-def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult) -> None:
-    """Walk one directory root into `out`."""
+# What `known` maps a key to: (key, size, mtime_ns, md5, dev, ino), a manifest row.
+Known = Mapping[str, tuple[str, int, int | None, str | None, int | None, int | None]]
+
+
+def _walk(
+    root: LocalRoot,
+    real_root: str,
+    out: list[LocalFile],
+    res: ScanResult,
+    known: Known | None = None,
+) -> None:
+    """Walk one directory root into `out` (files matching `known`: into res.unchanged)."""
     ignore, warning = _load_ignore(real_root, root.where)
     if warning:
         res.warnings.append(warning)
@@ -150,6 +167,9 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
     loops: list[str] = []
     append = out.append
     is_ignored = ignore.ignored if ignore else None
+    known_get = known.get if known else None
+    same = res.unchanged.append
+    same_bytes = 0
     # (real directory path, key-relative prefix ending with "/" or "", real dirs on this path)
     stack: list[tuple[str, str, tuple[str, ...]]] = [(real_root, "", (real_root,))]
     while stack:
@@ -169,6 +189,7 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
                 where=root.where,
             ) from exc
         base = directory + os.sep if directory != os.sep else directory
+        key_dir = prefix + rel_dir
         try:
             entries = os.scandir(fd)
         except BaseException:
@@ -179,23 +200,40 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
                 name = entry.name
                 if name == ".git":
                     continue
-                rel = rel_dir + name
-                path = base + name
                 try:
+                    # Regular files first, with as little work as possible: most entries are.
+                    if entry.is_file(follow_symlinks=False):
+                        if is_ignored is not None and is_ignored(rel_dir + name, False):
+                            res.ignored += 1
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        key = key_dir + name
+                        if known_get is not None:
+                            row = known_get(key)
+                            if (
+                                row is not None
+                                and row[2] == st.st_mtime_ns
+                                and row[1] == st.st_size
+                                and row[5] == st.st_ino
+                                and row[4] == st.st_dev
+                            ):
+                                same(key)
+                                same_bytes += row[1]
+                                continue
+                        append(
+                            LocalFile(
+                                key, base + name, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
+                            )
+                        )
+                        continue
+                    rel = rel_dir + name
+                    path = base + name
                     is_dir = entry.is_dir(follow_symlinks=False)
                     if is_ignored is not None and is_ignored(rel, is_dir):
                         res.ignored += 1
                         continue
                     if is_dir:
                         stack.append((path, rel + "/", (*chain, path)))
-                        continue
-                    if entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        append(
-                            LocalFile(
-                                prefix + rel, path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
-                            )
-                        )
                         continue
                     if not entry.is_symlink():
                         continue  # socket, FIFO, device
@@ -221,6 +259,7 @@ def _walk(root: LocalRoot, real_root: str, out: list[LocalFile], res: ScanResult
                         loops.append(rel)
                     else:
                         stack.append((target, rel + "/", (*chain, target)))
+    res.total_bytes += same_bytes
     if outside:
         res.warnings.append(_aggregate("pointing outside", outside, real_root))
     if dangling:
@@ -241,10 +280,15 @@ def dir_prefixes(keys: Iterable[str]) -> set[str]:
     return result
 
 
-def scan_local(roots: Sequence[LocalRoot]) -> ScanResult:
+def scan_local(roots: Sequence[LocalRoot], *, known: Known | None = None) -> ScanResult:
     """Scan `roots` into one key space. Raises SpecError (with the root's `where`) when a root
     does not exist, is neither file nor directory, or when two roots put different files at the
-    same key (or a file where another root has a directory)."""
+    same key (or a file where another root has a directory).
+
+    `known` (a trusted upload manifest, one directory root only): a regular file whose row has
+    the same size, mtime_ns (recorded), device and inode is not listed in `files` but counted
+    in `unchanged` (its key): a no-change re-sync of 100,000 files then builds no record per
+    file. Every file is still stat'ed."""
     res = ScanResult()
     files: list[LocalFile] = []
     owner: dict[str, tuple[LocalRoot, int]] = {}  # key -> root and index in `files`
@@ -266,7 +310,7 @@ def scan_local(roots: Sequence[LocalRoot]) -> ScanResult:
             ) from exc
         start = len(files)
         if stat.S_ISDIR(st.st_mode):
-            _walk(root, real, files, res)
+            _walk(root, real, files, res, known if len(roots) == 1 else None)
         elif stat.S_ISREG(st.st_mode):
             key = root.prefix or os.path.basename(real)
             files.append(LocalFile(key, real, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
@@ -282,7 +326,7 @@ def scan_local(roots: Sequence[LocalRoot]) -> ScanResult:
         _check_file_dir_clashes(files, owner)
     files.sort(key=attrgetter("key"))
     res.files = files
-    res.total_bytes = sum(map(attrgetter("size"), files))
+    res.total_bytes += sum(map(attrgetter("size"), files))
     return res
 
 
