@@ -175,9 +175,14 @@ def test_control_plane_retries_throttling(s3_backend: Any) -> None:
     bucket = _new_bucket(s3_backend).bucket
     with FaultProxy(s3_backend.endpoint) as proxy:
         store = s3_backend.open(bucket, endpoint=proxy.url, max_retries=4)
-        proxy.fail_next(2, 503, match=lambda m, p: m == "HEAD")
+        # The bucket check (one LIST through the data plane on an S3-compatible server) ...
+        proxy.fail_next(2, 503, match=lambda m, p: m == "GET" and "list-type=2" in p)
         assert store.bucket_exists()
-        assert proxy.count("HEAD") == 3
+        assert proxy.count("GET", "list-type=2") == 3
+        # ... and boto3's control-plane calls (here: listing unfinished multipart uploads).
+        proxy.fail_next(2, 503, match=lambda m, p: "uploads" in p)
+        assert store.abort_unfinished_uploads() == 0
+        assert proxy.count(None, "uploads") == 3
 
 
 # -- access ---------------------------------------------------------------------------------------
@@ -571,3 +576,32 @@ def test_bulk_delete_beyond_one_batch(
         list(pool.map(lambda k: store.put_file(path, k, meta=meta, progress=lambda n: None), keys))
     store.delete([*keys[:290], "many/not-there"])
     assert sorted(backend.objects(store.bucket)) == keys[290:]
+
+
+def test_no_change_resync_on_s3_compatible_server_does_not_load_boto3(
+    s3_backend: Any, tmp_path: Path, hangar_home: Path
+) -> None:
+    """Work counted, not time: with keys and a region in the environment, a re-sync that
+    finds nothing to do talks to the server through the data plane only (the bucket check,
+    the manifest's sample), so boto3 (~0.3 s to import) is never loaded."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    name = unique_bucket("noboto")
+    script = textwrap.dedent(
+        f"""
+        import sys, hangar
+        reports = hangar.Storage(name={name!r}, source={str(src)!r}, stores=["s3"]).upload()
+        print(reports[0].result.uploaded, "boto3" in sys.modules)
+        """
+    )
+
+    def run() -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run() == "1 True"  # creating the bucket is a control-plane call
+    assert run() == "0 False"

@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
+import obstore
 import obstore.store
-from botocore import UNSIGNED
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from obstore.exceptions import BaseError as ObstoreError
 
 from hangar.errors import AccessDenied, BucketExists, BucketNotFound, HangarError, StoreError
 from hangar.stores._common import control_retries, md5_from_etag, scrub
@@ -170,6 +169,12 @@ class S3Store(ObstoreDataPlane):
         """The boto3 S3 client (control plane), created once."""
         with self._lock:
             if self._boto is None:
+                # Imported here: boto3 takes ~0.3 s to import, and a re-sync that finds nothing
+                # to do against an S3-compatible server never needs it.
+                import boto3
+                from botocore import UNSIGNED
+                from botocore.config import Config
+
                 settings = self.settings
                 config = Config(
                     retries={
@@ -214,7 +219,13 @@ class S3Store(ObstoreDataPlane):
 
     # -- control plane -----------------------------------------------------------------------
     def bucket_exists(self) -> bool:
-        """True when the bucket exists. Raises AccessDenied on 403 (private to someone else)."""
+        """True when the bucket exists. Raises AccessDenied on 403 (private to someone else).
+
+        On an S3-compatible server (an endpoint is set) this is one LIST of at most one key
+        through the data plane, so boto3 is not loaded; on AWS it is HeadBucket (which also
+        tells a bucket in another region)."""
+        if self.settings.endpoint:
+            return self._bucket_listable()
         try:
             self.boto().head_bucket(Bucket=self.bucket)
         except ClientError as exc:
@@ -226,6 +237,23 @@ class S3Store(ObstoreDataPlane):
             raise self._boto_error(exc, "check") from None
         except BotoCoreError as exc:
             raise self._boto_error(exc, "check") from None
+        return True
+
+    def _bucket_listable(self) -> bool:
+        try:
+            next(iter(obstore.list(self._data(), prefix=self.prefix or None, chunk_size=1)), None)
+        except (ObstoreError, OSError) as exc:
+            err = self._translate(exc, "check")
+            if isinstance(err, BucketNotFound):
+                return False
+            if isinstance(err, AccessDenied):
+                raise AccessDenied(
+                    f"check {self.bucket_url}: access denied. The bucket may be private to "
+                    "someone else, or these credentials are not valid for it.\n"
+                    "To fix: check your credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, ...), or "
+                    "use a bucket you own."
+                ) from None
+            raise err from None
         return True
 
     def create_bucket(self, region: str | None = None) -> None:

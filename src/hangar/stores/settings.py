@@ -164,6 +164,47 @@ def _boto3_session(profile: str | None, keys: AwsKeys | None, shown: str | None 
         ) from exc
 
 
+class _KeysSession:
+    """Stands in for a boto3 Session when the credentials are plain keys (given, or
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, which boto3's chain would
+    take first anyway) and the region is known: boto3 (~0.3 s to import) is loaded only when a
+    control-plane client is asked for."""
+
+    def __init__(self, keys: AwsKeys, region: str) -> None:
+        self._keys = keys
+        self.region_name = region
+
+    def get_credentials(self) -> _KeysSession:
+        return self  # static keys: no refresh_needed, never temporary
+
+    def get_frozen_credentials(self) -> _KeysSession:
+        return self
+
+    @property
+    def access_key(self) -> str:
+        return self._keys.access_key_id
+
+    @property
+    def secret_key(self) -> str:
+        return self._keys.secret_access_key
+
+    @property
+    def token(self) -> str | None:
+        return self._keys.session_token
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        return _boto3_session(None, self._keys).client(*args, **kwargs)
+
+
+def _env_keys() -> AwsKeys | None:
+    """The keys boto3's chain takes first: AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY."""
+    key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if key and secret:
+        return AwsKeys(key, secret, os.environ.get("AWS_SESSION_TOKEN") or None)
+    return None
+
+
 def _explicit_keys(
     access_key_id: str | None, secret_access_key: str | None, session_token: str | None
 ) -> AwsKeys | None:
@@ -202,7 +243,14 @@ def resolve_s3(
         explicit = source == "option" or (
             source == "config" and not os.environ.get("AWS_ACCESS_KEY_ID")
         )
-        session = _boto3_session(profile if explicit and not keys else None, keys, profile)
+        keys = keys or (None if explicit else _env_keys())
+        known_region = pick(
+            "region", option=region, env=("AWS_REGION", "AWS_DEFAULT_REGION"), config=cfg
+        )
+        if keys is not None and known_region is not None:
+            session = _KeysSession(keys, str(known_region))
+        else:
+            session = _boto3_session(profile if explicit and not keys else None, keys, profile)
     region = pick("region", option=region, env=("AWS_REGION", "AWS_DEFAULT_REGION"), config=cfg)
     if region is None and session is not None:
         region = session.region_name
