@@ -605,3 +605,25 @@ def test_no_change_resync_on_s3_compatible_server_does_not_load_boto3(
 
     assert run() == "1 True"  # creating the bucket is a control-plane call
     assert run() == "0 False"
+
+
+def test_part_size_and_concurrency_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HANGAR_PART_SIZE / HANGAR_PART_CONCURRENCY apply when the store option is not given;
+    a bad value is a clear error naming the variable (constructors do no I/O)."""
+    from hangar.errors import StoreError
+
+    monkeypatch.setenv("HANGAR_PART_SIZE", "8MiB")
+    monkeypatch.setenv("HANGAR_PART_CONCURRENCY", "12")
+    for store_type in ("s3", "azure", "gcs"):
+        store: Any = open_store(store_type, "some-bucket")
+        assert store.part_size == 8 * 1024 * 1024, store_type
+    s3: Any = open_store("s3", "some-bucket")
+    assert s3.max_concurrency == 12
+    explicit: Any = open_store("s3", "some-bucket", part_size=32 * 1024 * 1024, max_concurrency=2)
+    assert (explicit.part_size, explicit.max_concurrency) == (32 * 1024 * 1024, 2)
+    for bad, says in (("lots", "HANGAR_PART_SIZE='lots'"), ("1MiB", "5 MiB minimum")):
+        monkeypatch.setenv("HANGAR_PART_SIZE", bad)
+        with pytest.raises(StoreError, match=says):
+            open_store("s3", "some-bucket")

@@ -77,11 +77,37 @@ def norm_prefix(prefix: str) -> str:
     return stripped + "/" if stripped else ""
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(raw: str, name: str) -> int:
+    """Bytes from ``16777216``, ``16M``, ``16MiB`` or ``16MB`` (K/M/G are binary units, as in
+    rclone). Raises StoreError naming `name`."""
+    m = _SIZE.match(raw)
+    if m is None:
+        raise StoreError(f"{name}={raw!r} is not a size. To fix: give bytes or e.g. 16MiB.")
+    unit: str = m.group(2).upper() or " "
+    return int(m.group(1)) << (10 * " KMG".index(unit))
+
+
 def check_part_size(part_size: int | None) -> int:
-    size = DEFAULT_PART_SIZE if part_size is None else int(part_size)
+    """The store option, else HANGAR_PART_SIZE, else DEFAULT_PART_SIZE; at least 5 MiB."""
+    if part_size is not None:
+        size = int(part_size)
+    elif raw := os.environ.get("HANGAR_PART_SIZE", "").strip():
+        size = parse_size(raw, "HANGAR_PART_SIZE")
+    else:
+        size = DEFAULT_PART_SIZE
     if size < MIN_PART_SIZE:
         raise StoreError(f"part_size {size} is below the 5 MiB minimum of multipart uploads")
     return size
+
+
+def part_concurrency(option: int | None) -> int:
+    """Parts in flight per large file: the store option, else HANGAR_PART_CONCURRENCY, else
+    DEFAULT_PART_CONCURRENCY."""
+    value = option or int(transfer_option(None, "HANGAR_PART_CONCURRENCY", 0)) or None
+    return max(1, int(value or DEFAULT_PART_CONCURRENCY))
 
 
 def md5_from_etag(etag: str | None) -> str | None:

@@ -22,9 +22,11 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,6 @@ from hangar.errors import (
 )
 from hangar.stores._common import (
     DEFAULT_MAX_RETRIES,
-    DEFAULT_PART_CONCURRENCY,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT,
     DOWNLOAD_CHUNK,
@@ -53,6 +54,7 @@ from hangar.stores._common import (
     norm_prefix,
     parse_int,
     parse_md5,
+    part_concurrency,
     scrub,
     set_mtime,
     short_cause,
@@ -110,7 +112,7 @@ class ObstoreDataPlane:
         self.bucket = bucket
         self.prefix = norm_prefix(prefix)
         self.part_size = check_part_size(part_size)
-        self.max_concurrency = max(1, int(max_concurrency or DEFAULT_PART_CONCURRENCY))
+        self.max_concurrency = part_concurrency(max_concurrency)
         self.max_retries = max(
             0, int(transfer_option(max_retries, "HANGAR_MAX_RETRIES", DEFAULT_MAX_RETRIES))
         )
@@ -336,13 +338,20 @@ class ObstoreDataPlane:
             def fetch(span: tuple[int, int]) -> Any:
                 return obstore.get_range(data, full, start=span[0], end=span[1])
 
+            # A sliding window: a new range starts as soon as the oldest one is written, so
+            # the connections never wait for a whole batch to drain.
+            todo = iter(ranges)
             with ThreadPoolExecutor(max_workers=RANGE_WINDOW) as pool:
-                for start in range(0, len(ranges), RANGE_WINDOW):
-                    for buf in pool.map(fetch, ranges[start : start + RANGE_WINDOW]):
-                        view = memoryview(buf)
-                        out.write(view)
-                        digest.update(view)
-                        progress(len(view))
+                window = deque(pool.submit(fetch, span) for span in islice(todo, RANGE_WINDOW))
+                while window:
+                    buf = window.popleft().result()
+                    span = next(todo, None)
+                    if span is not None:
+                        window.append(pool.submit(fetch, span))
+                    view = memoryview(buf)
+                    out.write(view)
+                    digest.update(view)
+                    progress(len(view))
         finally:
             if ranged:
                 _RANGED_FILES.release()
