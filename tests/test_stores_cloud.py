@@ -627,3 +627,15 @@ def test_part_size_and_concurrency_from_the_environment(
         monkeypatch.setenv("HANGAR_PART_SIZE", bad)
         with pytest.raises(StoreError, match=says):
             open_store("s3", "some-bucket")
+
+
+def test_bucket_check_against_a_failing_server_uses_the_control_budget(s3_backend: Any) -> None:
+    """The bucket check comes before any transfer: a server that answers nothing but 503 (or a
+    wrong endpoint) fails it after the control plane's 4 retries, not the data plane's 20."""
+    with FaultProxy(s3_backend.endpoint) as proxy:
+        store = s3_backend.open(unique_bucket("ctl"), endpoint=proxy.url)
+        proxy.fault_fraction(1.0, ("503",))
+        with pytest.raises(StoreError) as err:
+            store.bucket_exists()
+        assert proxy.count("GET", "list-type=2") == 5, proxy.summary()  # 1 try + 4 retries
+    assert "503" in str(err.value)

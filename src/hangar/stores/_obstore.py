@@ -51,6 +51,7 @@ from hangar.stores._common import (
     atomic_download,
     check_key,
     check_part_size,
+    control_retries,
     norm_prefix,
     parse_int,
     parse_md5,
@@ -123,9 +124,11 @@ class ObstoreDataPlane:
         self._lock = threading.RLock()
         self._obs: Any = None
         self._obs_key: Any = None
+        self._ctl: Any = None
+        self._ctl_key: Any = None
 
     # -- to implement ----------------------------------------------------------------------------
-    def _build_obstore(self, client_key: Any) -> Any:
+    def _build_obstore(self, client_key: Any, retry: dict[str, Any]) -> Any:
         raise NotImplementedError
 
     def _client_key(self) -> Any:
@@ -159,16 +162,38 @@ class ObstoreDataPlane:
         with self._lock:
             key = self._client_key()
             if self._obs is None or key != self._obs_key:
-                self._obs = self._build_obstore(key)
+                self._obs = self._build_obstore(key, self.retry_config())
                 self._obs_key = key
             return self._obs
 
-    def retry_config(self) -> dict[str, Any]:
+    def _control(self) -> Any:
+        """A client for checks that come before any transfer (does the bucket exist?), with
+        the control plane's retry budget: a wrong endpoint or a server that is not there
+        fails in seconds, not after the data plane's minute of retries."""
+        with self._lock:
+            key = self._client_key()
+            if self._ctl is None or key != self._ctl_key:
+                self._ctl = self._build_obstore(key, self.retry_config(control=True))
+                self._ctl_key = key
+            return self._ctl
+
+    def retry_config(self, *, control: bool = False) -> dict[str, Any]:
         """object_store's backoff is decorrelated jitter: each wait is drawn from
         [init, previous * base]. With base 2 the waits barely grow (8 retries spent about 2 s,
         so a 3 s server restart failed uploads); with base 8 and 20 retries the waits add up to
         more than a minute in 999 of 1000 draws, so a restart is ridden out while a request
-        that keeps failing is still bounded by retry_timeout."""
+        that keeps failing is still bounded by retry_timeout. `control`: the budget of a
+        check made before any transfer (at most 4 retries, waits up to 2 s)."""
+        if control:
+            return {
+                "max_retries": control_retries(self.max_retries),
+                "retry_timeout": timedelta(seconds=min(self.retry_timeout, 30.0)),
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=100),
+                    "max_backoff": timedelta(seconds=2),
+                    "base": 4,
+                },
+            }
         return {
             "max_retries": self.max_retries,
             "retry_timeout": timedelta(seconds=self.retry_timeout),
@@ -208,7 +233,13 @@ class ObstoreDataPlane:
                 f"{action} {target}: access denied ({cause}).\nTo fix: check that your "
                 f"credentials are valid and allowed to {action} in {self.bucket_url}."
             )
-        return StoreError(f"{action} {target} failed{after}: {cause}")
+        hint = ""
+        if re.search(r"error sending request|Connection refused|dns error|timed out", text):
+            hint = (
+                " To fix: check that the server is up and reachable, and the endpoint setting "
+                "(e.g. AWS_ENDPOINT_URL_S3) if you set one."
+            )
+        return StoreError(f"{action} {target} failed{after}: {cause}{'.' + hint if hint else ''}")
 
     # -- objects ---------------------------------------------------------------------------------
     def put_file(self, path: Path, key: str, *, meta: FileMeta, progress: Progress) -> ObjectInfo:

@@ -123,7 +123,7 @@ class AzureStore(ObstoreDataPlane):
                 ) from None
         return self._token.token
 
-    def _build_obstore(self, client_key: Any) -> Any:
+    def _build_obstore(self, client_key: Any, retry: dict[str, Any]) -> Any:
         settings = self.settings
         config: dict[str, Any] = {"account_name": settings.account, "endpoint": settings.endpoint}
         if settings.auth == "key":
@@ -138,7 +138,7 @@ class AzureStore(ObstoreDataPlane):
             self.bucket,
             config=config,  # type: ignore[arg-type]
             client_options=self.client_options(settings.endpoint),  # type: ignore[arg-type]
-            retry_config=self.retry_config(),  # type: ignore[arg-type]
+            retry_config=retry,  # type: ignore[arg-type]
         )
 
     def container(self) -> ContainerClient:

@@ -124,7 +124,7 @@ class S3Store(ObstoreDataPlane):
             self._static_keys = (keys,)
         return keys
 
-    def _build_obstore(self, client_key: Any) -> Any:
+    def _build_obstore(self, client_key: Any, retry: dict[str, Any]) -> Any:
         settings = self.settings
         config: dict[str, Any] = {
             "region": self._bucket_region(settings),
@@ -149,7 +149,7 @@ class S3Store(ObstoreDataPlane):
             self.bucket,
             config=config,  # type: ignore[arg-type]
             client_options=self.client_options(settings.endpoint),  # type: ignore[arg-type]
-            retry_config=self.retry_config(),  # type: ignore[arg-type]
+            retry_config=retry,  # type: ignore[arg-type]
         )
 
     def _bucket_region(self, settings: S3Settings) -> str:
@@ -241,7 +241,9 @@ class S3Store(ObstoreDataPlane):
 
     def _bucket_listable(self) -> bool:
         try:
-            next(iter(obstore.list(self._data(), prefix=self.prefix or None, chunk_size=1)), None)
+            next(
+                iter(obstore.list(self._control(), prefix=self.prefix or None, chunk_size=1)), None
+            )
         except (ObstoreError, OSError) as exc:
             err = self._translate(exc, "check")
             if isinstance(err, BucketNotFound):
