@@ -6,8 +6,10 @@ Contract of `apply_plan`:
   flight, nothing queued), largest first. Each file is re-stat'ed before it is read and after
   it was sent; a file whose size or mtime differs from the scan fails ("changed ..."), so the
   mtime and checksum recorded in the object's metadata always describe the bytes that were sent.
-- Failures are collected per file, never stopping at the first. Deletes (mirror) run only when
-  every upload succeeded: nothing is deleted by a sync that had an error.
+- Failures are collected per file, never stopping at the first; but after one wave of store
+  failures in a row (`give_up_after`: the files in flight, each after its own retries) no
+  further file is started, and the error says how many were not tried. Deletes (mirror) run
+  only when every upload succeeded: nothing is deleted by a sync that had an error.
 - Any failure raises `UploadError` (a `SyncError`) naming the count and the first few keys and
   causes; it carries `.failures` and the partial `.result`. Objects uploaded before the error are
   complete, so the next sync sends only what is still missing.

@@ -11,7 +11,9 @@ Contract of `download`:
 - A local file with the object's size and its recorded source mtime is left alone (counted in
   `skipped`). Downloaded files get the recorded mtime, so the next download skips them.
 - Per-file failures are collected; any failure raises DownloadError (a SyncError) with
-  `.failures` and the partial `.result`.
+  `.failures` and the partial `.result`. After one wave of store failures in a row no further
+  file is started (see `hangar.sync.apply.give_up_after`); the error says how many were not
+  tried.
 """
 
 from __future__ import annotations
