@@ -30,6 +30,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
+from google.resumable_media.common import DataCorruption
 
 from hangar.errors import (
     AccessDenied,
@@ -267,11 +268,11 @@ class GcsStore:
         object metadata. Raises BucketNotFound, AccessDenied, StoreError."""
         full = self.prefix + check_key(key)
         size = os.stat(path).st_size
-        blob = self._bucket().blob(
-            full, chunk_size=self.part_size if size > self.part_size else None
-        )
-        blob.metadata = {META_MTIME: str(meta.mtime_ns), META_CHECKSUM: meta.md5}
         for attempt in (1, 2):
+            blob = self._bucket().blob(
+                full, chunk_size=self.part_size if size > self.part_size else None
+            )
+            blob.metadata = {META_MTIME: str(meta.mtime_ns), META_CHECKSUM: meta.md5}
             with open(path, "rb") as raw:
                 try:
                     blob.upload_from_file(
@@ -281,22 +282,45 @@ class GcsStore:
                         retry=self._retry,
                         timeout=self._timeout,
                     )
+                except DataCorruption:
+                    # The library's CRC32C of what it sent is not the one the server reports
+                    # for what it stored (seen when a chunk is resent after a fault): the
+                    # object may exist with other bytes. Remove it, and send the file again.
+                    stored = self._drop_if_not(full, meta.md5)
+                    if stored == meta.md5:
+                        break  # what it stored is what we sent after all
                 except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
                     raise self._error(exc, "upload", key) from None
-            # GCS answers with the MD5 of what it stored: it must be the one of what we sent.
-            stored = _b64_md5_hex(blob.md5_hash)
-            if stored is None or stored == meta.md5:
-                break
-            with contextlib.suppress(gexc.GoogleAPIError, GoogleAuthError, OSError):
-                blob.delete(if_generation_match=blob.generation, timeout=self._timeout)
+                else:
+                    # GCS answers with the MD5 of what it stored: it must be what we sent.
+                    stored = _b64_md5_hex(blob.md5_hash)
+                    if stored is None or stored == meta.md5:
+                        break
+                    with contextlib.suppress(gexc.GoogleAPIError, GoogleAuthError, OSError):
+                        blob.delete(if_generation_match=blob.generation, timeout=self._timeout)
             if attempt == 2:
+                got = f"MD5 {stored}" if stored else "a different CRC32C"
                 raise StoreError(
                     f"upload {self.url}/{key}: the server stored different bytes than were sent "
-                    f"(MD5 {stored} instead of {meta.md5}); the object was removed. To fix: run "
+                    f"({got} instead of MD5 {meta.md5}); the object was removed. To fix: run "
                     "the sync again; if this persists, look for a faulty proxy or disk between "
                     "here and the store."
                 )
         return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=meta.md5, etag=blob.etag)
+
+    def _drop_if_not(self, full: str, md5: str) -> str | None:
+        """Delete the object at `full` unless its stored MD5 is `md5`; returns the MD5 it had
+        (None: there was none)."""
+        try:
+            blob = self._bucket().get_blob(full, retry=self._retry, timeout=self._timeout)
+            if blob is None:
+                return None
+            stored = _b64_md5_hex(blob.md5_hash)
+            if stored != md5:
+                blob.delete(if_generation_match=blob.generation, timeout=self._timeout)
+            return stored
+        except (gexc.GoogleAPIError, GoogleAuthError, OSError):
+            return None
 
     def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
         """Download `key` (bytes as stored, checksum-verified) into a temporary file beside
