@@ -1425,3 +1425,23 @@ def test_format_url_round_trip() -> None:
     parsed = parse_uri(url)
     assert parsed is not None and parsed.url == url
     assert format_url("azure", "c") == "az://c"
+
+
+def test_env_seconds_takes_positive_numbers_and_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One reader for every HANGAR_*_TIMEOUT: default when unset, the error class the caller
+    gives (SpecError for Ray's, MountError for the mount's) for anything not positive."""
+    from hangar.config import env_seconds
+    from hangar.errors import MountError, SpecError
+
+    monkeypatch.delenv("HANGAR_X_TIMEOUT", raising=False)
+    assert env_seconds("HANGAR_X_TIMEOUT", 30.0) == 30.0
+    monkeypatch.setenv("HANGAR_X_TIMEOUT", "2.5")
+    assert env_seconds("HANGAR_X_TIMEOUT", 30.0) == 2.5
+    for bad in ("soon", "0", "-3"):
+        monkeypatch.setenv("HANGAR_X_TIMEOUT", bad)
+        with pytest.raises(SpecError, match="HANGAR_X_TIMEOUT"):
+            env_seconds("HANGAR_X_TIMEOUT", 30.0)
+        with pytest.raises(MountError, match="positive number of seconds"):
+            env_seconds("HANGAR_X_TIMEOUT", 30.0, MountError)

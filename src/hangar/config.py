@@ -102,6 +102,21 @@ def default_store() -> str:
     return canonical_store_type(value) if value else DEFAULT_STORE
 
 
+def env_seconds(name: str, default: float, error: type[Exception] = SpecError) -> float:
+    """A positive number of seconds from the environment variable `name`, else `default`;
+    anything else raises `error` naming the variable and an example."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise error(f"{name}={raw!r} is not a positive number of seconds. To fix: e.g. {name}=60")
+    return value
+
+
 def resolve(*candidates: Any, default: Any = None) -> Any:
     """First candidate that is not None, in precedence order (flag, YAML, env, config file)."""
     for value in candidates:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hangar.config import env_seconds
 from hangar.errors import (
     ExecutionError,
     HangarError,
@@ -105,19 +106,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
             "the address (the head node's IP and GCS port, 6379 by default; `ray status` on "
             "the head node shows it) and that this machine can reach it."
         ) from None
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise SpecError(f"{name}={raw!r} is not a positive number of seconds. To fix: {name}=60")
-    return value
 
 
 def _count(value: object, where: str) -> float:
@@ -238,7 +226,7 @@ class _Cluster:
         """Reserve `count` distinct nodes; return bundle index -> node id."""
         from ray.util.placement_group import placement_group, placement_group_table
 
-        timeout = _seconds("HANGAR_RAY_PG_TIMEOUT", DEFAULT_PG_TIMEOUT)
+        timeout = env_seconds("HANGAR_RAY_PG_TIMEOUT", DEFAULT_PG_TIMEOUT)
         self.pg = placement_group([dict(bundle)] * count, strategy="STRICT_SPREAD", name=name)
         ready, _ = self.ray.wait([self.pg.ready()], timeout=timeout)
         if not ready:
@@ -262,7 +250,7 @@ class _Cluster:
     def agents_ready(self, nodes: Sequence[_Node]) -> int:
         """Wait (bounded like the reservation) until every node's agent answers; return the
         number of distinct hosts they run on."""
-        timeout = _seconds("HANGAR_RAY_PG_TIMEOUT", DEFAULT_PG_TIMEOUT)
+        timeout = env_seconds("HANGAR_RAY_PG_TIMEOUT", DEFAULT_PG_TIMEOUT)
         refs = [n.agent.info.remote() for n in nodes]
         ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
@@ -330,7 +318,7 @@ class _Run:
         self.failed_code = 0
         self.stopping = False
         self.went = False
-        self.stop_timeout = _seconds("HANGAR_RAY_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT)
+        self.stop_timeout = env_seconds("HANGAR_RAY_STOP_TIMEOUT", DEFAULT_STOP_TIMEOUT)
         self.deadline: float | None = None  # set when the nodes are told to stop
 
     def _stop_all(self) -> None:

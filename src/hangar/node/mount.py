@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
+from hangar.config import env_seconds
 from hangar.errors import MountError
 from hangar.models import MountCachedConfig, MountMode, MountSpec
 from hangar.node import _procfs, _rclone, _registry
@@ -77,21 +78,6 @@ PRESETS: dict[str, dict[str, object]] = {
 }  # fmt: skip
 
 _UNIT_B = re.compile(r"^(\d+(?:\.\d+)?[kmgtpe])b$", re.IGNORECASE)
-
-
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise MountError(
-            f"{name}={raw!r} is not a number of seconds. To fix: e.g. {name}=60"
-        ) from None
-    if value <= 0:
-        raise MountError(f"{name}={raw!r} must be positive. To fix: e.g. {name}=60")
-    return value
 
 
 def resolve_cached(cached: MountCachedConfig | None) -> MountCachedConfig:
@@ -209,7 +195,7 @@ def _start(
     argv = _rclone.build_argv(rclone, record, flags)
     env = _rclone.build_env(record, remote)
     hidden = (*remote.secret_env.values(), record.rc_pass)
-    timeout = _env_seconds("HANGAR_MOUNT_TIMEOUT", 30.0)
+    timeout = _mount_timeout()
     try:
         launched = _rclone.spawn(record, argv, env, timeout=timeout, hidden=hidden)
     except BaseException:
@@ -236,9 +222,7 @@ def _reflush(record: MountRecord, remote: RcloneRemote, progress: ProgressSink) 
     env = _rclone.build_env(again, remote)
     hidden = (*remote.secret_env.values(), again.rc_pass)
     progress.note(f"uploading files left in the cache of {record.path} to {record.url}")
-    launched = _rclone.spawn(
-        again, argv, env, timeout=_env_seconds("HANGAR_MOUNT_TIMEOUT", 30.0), hidden=hidden
-    )
+    launched = _rclone.spawn(again, argv, env, timeout=_mount_timeout(), hidden=hidden)
     problems: list[str] = []
     try:
         _rclone.drain(again, progress, stall_timeout=_stall_timeout(), shown=record.path)
@@ -272,8 +256,12 @@ def _leftover_message(record: MountRecord, dirty: list[str], unknown: list[str])
     )
 
 
+def _mount_timeout() -> float:
+    return env_seconds("HANGAR_MOUNT_TIMEOUT", 30.0, MountError)
+
+
 def _stall_timeout() -> float:
-    return _env_seconds("HANGAR_UPLOAD_STALL_TIMEOUT", 600.0)
+    return env_seconds("HANGAR_UPLOAD_STALL_TIMEOUT", 600.0, MountError)
 
 
 def teardown(

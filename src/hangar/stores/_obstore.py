@@ -122,10 +122,9 @@ class ObstoreDataPlane:
         )
         self.read_timeout = transfer_option(None, "HANGAR_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
         self._lock = threading.RLock()
-        self._obs: Any = None
-        self._obs_key: Any = None
-        self._ctl: Any = None
-        self._ctl_key: Any = None
+        # obstore clients, built on first use and again when the credentials change:
+        # control (bool) -> (client key, client).
+        self._clients: dict[bool, tuple[Any, Any]] = {}
 
     # -- to implement ----------------------------------------------------------------------------
     def _build_obstore(self, client_key: Any, retry: dict[str, Any]) -> Any:
@@ -158,24 +157,24 @@ class ObstoreDataPlane:
     def _full(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _data(self) -> Any:
+    def _client(self, control: bool) -> Any:
         with self._lock:
             key = self._client_key()
-            if self._obs is None or key != self._obs_key:
-                self._obs = self._build_obstore(key, self.retry_config())
-                self._obs_key = key
-            return self._obs
+            cached = self._clients.get(control)
+            if cached is None or cached[0] != key:
+                cached = (key, self._build_obstore(key, self.retry_config(control=control)))
+                self._clients[control] = cached
+            return cached[1]
+
+    def _data(self) -> Any:
+        """The client for transfers (the data plane's retry budget)."""
+        return self._client(False)
 
     def _control(self) -> Any:
         """A client for checks that come before any transfer (does the bucket exist?), with
         the control plane's retry budget: a wrong endpoint or a server that is not there
         fails in seconds, not after the data plane's minute of retries."""
-        with self._lock:
-            key = self._client_key()
-            if self._ctl is None or key != self._ctl_key:
-                self._ctl = self._build_obstore(key, self.retry_config(control=True))
-                self._ctl_key = key
-            return self._ctl
+        return self._client(True)
 
     def retry_config(self, *, control: bool = False) -> dict[str, Any]:
         """object_store's backoff is decorrelated jitter: each wait is drawn from
