@@ -17,6 +17,7 @@ from backends import Backend, LocalBackend
 pytest_plugins = ["servers.plugin"]
 
 STORE_TYPES = ["local", "s3", "gcs", "azure"]
+CLOUD_TYPES = ["s3", "gcs", "azure"]
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +41,13 @@ def local_backend(hangar_home: Path) -> Backend:
 @pytest.fixture(params=STORE_TYPES)
 def backend(request: pytest.FixtureRequest) -> Backend:
     """The same test, run against every store type."""
+    b: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return b
+
+
+@pytest.fixture(params=CLOUD_TYPES)
+def cloud(request: pytest.FixtureRequest) -> Backend:
+    """The same test, run against every cloud store (each on its local server)."""
     b: Backend = request.getfixturevalue(f"{request.param}_backend")
     return b
 

@@ -18,7 +18,6 @@ from backends import Backend
 from conftest import unique_bucket
 from servers.faultproxy import FaultProxy
 from trust_helpers import (
-    CLOUDS,
     MiB,
     catalog_rows,
     is_object_write,
@@ -37,12 +36,6 @@ from trust_helpers import (
 )
 
 FILES = 200
-
-
-@pytest.fixture(params=CLOUDS)
-def cloud(request: pytest.FixtureRequest) -> Backend:
-    b: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return b
 
 
 def _watch_partial(

@@ -20,7 +20,6 @@ from backends import Backend
 from conftest import unique_bucket
 from servers.faultproxy import FaultProxy
 from trust_helpers import (
-    CLOUDS,
     MiB,
     catalog_rows,
     is_bucket_create,
@@ -29,6 +28,7 @@ from trust_helpers import (
     md5_tree,
     md5s,
     proxied_env,
+    route_through,
     seeded_tree,
     statuses,
     write_random,
@@ -39,17 +39,6 @@ from hangar.errors import HangarError, StoreError, SyncError
 
 BIG_MIB = int(os.environ.get("HANGAR_TEST_BIG_MIB", "40"))
 SMALL_FILES = 1000
-
-
-@pytest.fixture(params=CLOUDS)
-def cloud(request: pytest.FixtureRequest) -> Backend:
-    b: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return b
-
-
-def _through(proxy: FaultProxy, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in proxied_env(backend, proxy.url).items():
-        monkeypatch.setenv(key, value)
 
 
 def test_ten_percent_faults_lose_nothing(
@@ -64,7 +53,7 @@ def test_ten_percent_faults_lose_nothing(
     expected = md5_tree(src)
     name = unique_bucket("flt")
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         proxy.fault_fraction(
             0.10,
             ("500", "503", "reset", "cut"),
@@ -99,7 +88,7 @@ def test_every_request_faulted_fails_cleanly_and_deletes_nothing(
     monkeypatch.setenv("HANGAR_MAX_RETRIES", "2")
     monkeypatch.setenv("HANGAR_RETRY_TIMEOUT", "3")
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         Storage(name=name, source=str(src), stores=[cloud.store_type], sync="mirror").upload()
         before = md5s(cloud.objects(name))
         (src / "d0" / "f00000.bin").unlink()  # mirror would delete its object
@@ -138,7 +127,7 @@ def test_a_store_refusing_every_write_stops_after_one_wave(
     monkeypatch.setenv("HANGAR_MAX_RETRIES", "1")
     monkeypatch.setenv("HANGAR_RETRY_TIMEOUT", "2")
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         storage = Storage(name=name, source=str(src), stores=[cloud.store_type])
         stores = ensure(storage.spec, command="test")
         proxy.fault_fraction(1.0, ("503",), seed=2, match=is_object_write)
@@ -195,7 +184,7 @@ def test_stalled_server_times_out_and_is_retried(
     monkeypatch.setenv("HANGAR_READ_TIMEOUT", "1.5")
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
         proxy.state.stall_s = 60
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         storage = Storage(name=name, source=str(src), stores=[cloud.store_type])
         from hangar.storage import ensure, upload
 
@@ -221,7 +210,7 @@ def test_damaged_download_never_lands(
     name = unique_bucket("dmg")
     Storage(name=name, source=str(src), stores=[cloud.store_type]).upload()
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         proxy.fault_fraction(1.0, ("corrupt-response",), seed=1, match=is_object_read)
         dest = tmp_path / "copy"
         with pytest.raises((SyncError, StoreError)) as err:

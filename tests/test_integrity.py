@@ -14,23 +14,12 @@ import pytest
 from backends import Backend
 from conftest import unique_bucket
 from servers.faultproxy import FaultProxy
-from trust_helpers import CLOUDS, is_object_write, md5s, proxied_env, seeded_tree, sizes, statuses
+from trust_helpers import is_object_write, md5s, route_through, seeded_tree, sizes, statuses
 from typer.testing import CliRunner
 
 from hangar.api import Storage, download
 from hangar.cli import app
 from hangar.errors import HangarError, SyncError
-
-
-@pytest.fixture(params=CLOUDS)
-def cloud(request: pytest.FixtureRequest) -> Backend:
-    b: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return b
-
-
-def _through(proxy: FaultProxy, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in proxied_env(backend, proxy.url).items():
-        monkeypatch.setenv(key, value)
 
 
 def _corrupt_in_place(backend: Any, bucket: str, key: str) -> None:
@@ -64,7 +53,7 @@ def test_damaged_upload_is_caught_and_sent_again(
     files["one.bin"] = (src / "one.bin").read_bytes()
     name = unique_bucket("dmgup")
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         proxy.fail_next(1, "corrupt", match=is_object_write)
         Storage(name=name, source=str(src), stores=[cloud.store_type]).upload()
         damaged = proxy.state.by_kind["corrupt"]
@@ -80,7 +69,7 @@ def test_always_damaged_upload_fails_and_stores_nothing_wrong(
     (src / "k" / "data.bin").write_bytes(os.urandom(4000))
     name = unique_bucket("dmgall")
     with FaultProxy(cloud.endpoint) as proxy:  # type: ignore[attr-defined]
-        _through(proxy, cloud, monkeypatch)
+        route_through(proxy, cloud, monkeypatch)
         proxy.fault_fraction(1.0, ("corrupt",), match=is_object_write)
         with pytest.raises(HangarError) as err:
             Storage(name=name, source=str(src), stores=[cloud.store_type]).upload()

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from conftest import unique_bucket
 from helpers import REPO, hangar, make_tree, storage_ls, write_yaml
+from mount_helpers import wait_for
 from ray_cluster import RayCluster, start_cluster
 
 pytest.importorskip("ray", reason="multi-node tests need Ray: pip install 'hangar[ray]'")
@@ -54,16 +55,6 @@ def _launch_args(task: Path, cluster: RayCluster, home: Path) -> list[str]:
 
 def _no_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def _proc_alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from backends import Backend
-from conftest import unique_bucket
+from conftest import CLOUD_TYPES, unique_bucket
 from servers import azurite, seaweedfs
 from servers.faultproxy import FaultProxy
 
@@ -33,14 +33,7 @@ from hangar.stores import open_store, store_from_uri
 from hangar.stores.base import FileMeta, Store
 
 MiB = 1024 * 1024
-CLOUDS = ["s3", "gcs", "azure"]
 MTIME = 1_650_000_000_987_654_321
-
-
-@pytest.fixture(params=CLOUDS)
-def cloud(request: pytest.FixtureRequest) -> Backend:
-    b: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return b
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> tuple[Path, FileMeta]:
@@ -417,7 +410,7 @@ def test_constructors_do_no_io_and_validate_names() -> None:
     assert open_store("gcs", "bkt", endpoint=dead).url == "gs://bkt"
     assert open_store("azure", "cont", account="acct").url == "az://cont"
     assert open_store("r2", "bkt").url == "r2://bkt"
-    for store_type in CLOUDS:
+    for store_type in CLOUD_TYPES:
         with pytest.raises(StoreError):
             open_store(store_type, "Bad_Name!")
 

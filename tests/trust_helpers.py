@@ -18,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from backends import Backend
 from servers import azurite
+from servers.faultproxy import FaultProxy
 
 T = TypeVar("T")
 MiB = 1024 * 1024
-CLOUDS = ["s3", "gcs", "azure"]
 
 
 def proxied_env(backend: Backend, url: str) -> dict[str, str]:
@@ -39,6 +40,12 @@ def proxied_env(backend: Backend, url: str) -> dict[str, str]:
             f"AccountKey={azurite.KEY};BlobEndpoint={url};"
         )
     return env
+
+
+def route_through(proxy: FaultProxy, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this process's environment for `backend` at the fault proxy `proxy`."""
+    for key, value in proxied_env(backend, proxy.url).items():
+        monkeypatch.setenv(key, value)
 
 
 def is_bucket_create(method: str, path: str) -> bool:
