@@ -109,3 +109,50 @@ def test_verify_and_copy_catch_corruption_in_the_bucket(cloud: Backend, tmp_path
     assert corrupt in str(err.value)
     assert not (dest / corrupt).exists()  # never under its final name
     assert [p.name for p in dest.rglob(".*hangar-*")] == []
+
+
+def test_large_files_are_hashed_while_sent_and_checked_by_crc32_on_copy(
+    cloud: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multipart upload is not read once beforehand for its MD5: the MD5 comes from the bytes
+    sent (recorded for the next sync), the object records a CRC-32, and COPY (in parallel
+    ranges) checks it, refusing an object damaged in the bucket."""
+    import hashlib
+    import zlib
+
+    from hangar.stores import _obstore
+
+    monkeypatch.setenv("HANGAR_PART_SIZE", "5MiB")
+    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * 1024 * 1024)
+    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * 1024 * 1024 + 17)  # ranges of odd sizes
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(12 * 1024 * 1024 + 123)
+    (src / "big.bin").write_bytes(data)
+    name = unique_bucket("big")
+    storage = Storage(name=name, source=str(src), stores=[cloud.store_type])
+    (report,) = storage.upload()
+    assert report.result is not None and report.result.uploaded == 1
+    if cloud.store_type == "s3":
+        meta = cloud.client.head_object(Bucket=name, Key="big.bin")["Metadata"]  # type: ignore[attr-defined]
+        assert meta["hangar-crc32"] == f"{zlib.crc32(data):08x}"
+        assert "hangar-md5" not in meta  # not known before sending: not read for it
+    # The MD5 computed while sending was recorded: a touched file is compared, not re-sent.
+    os.utime(src / "big.bin", ns=(1_700_000_000_000_000_000,) * 2)
+    (again,) = storage.upload()
+    assert again.result is not None and again.result.uploaded == 0
+    assert hashlib.md5(cloud.objects(name)["big.bin"]).digest() == hashlib.md5(data).digest()
+
+    dest = tmp_path / "copy"
+    download(name, dest)
+    assert (dest / "big.bin").read_bytes() == data
+
+    _corrupt_in_place(cloud, name, "big.bin")
+    other = tmp_path / "copy2"
+    with pytest.raises(SyncError) as err:
+        download(name, other)
+    assert "big.bin" in str(err.value)
+    if cloud.store_type != "gcs":  # GCS checks its own MD5; the others the recorded CRC-32
+        assert "CRC32" in str(err.value)
+    assert not (other / "big.bin").exists()
+    assert [p.name for p in other.rglob(".*hangar-*")] == []

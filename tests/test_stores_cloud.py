@@ -632,3 +632,62 @@ def test_bucket_check_against_a_failing_server_uses_the_control_budget(s3_backen
             store.bucket_exists()
         assert proxy.count("GET", "list-type=2") == 5, proxy.summary()  # 1 try + 4 retries
     assert "503" in str(err.value)
+
+
+def test_a_large_object_replaced_during_a_ranged_download_fails_cleanly(
+    s3_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every range asks for the ETag the download started with (If-Match): an object replaced
+    between the first GET and its ranges fails the download instead of mixing two versions."""
+    from hangar.stores import _obstore
+
+    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
+    store = _new_bucket(s3_backend, part_size=5 * MiB)
+    path, meta = _file(tmp_path, "big.bin", os.urandom(8 * MiB))
+    store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+    ranged = _obstore.ObstoreDataPlane._ranged_body
+
+    def replaced_first(self: Any, *args: Any, **kwargs: Any) -> str:
+        s3_backend.client.put_object(Bucket=store.bucket, Key="big.bin", Body=os.urandom(8 * MiB))
+        return ranged(self, *args, **kwargs)
+
+    monkeypatch.setattr(_obstore.ObstoreDataPlane, "_ranged_body", replaced_first)
+    out = tmp_path / "out" / "big.bin"
+    out.parent.mkdir()
+    with pytest.raises(StoreError, match="replaced while it was being downloaded"):
+        store.get_file("big.bin", out, progress=lambda n: None)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_hashing_reader_hashes_each_byte_once_in_order(tmp_path: Path) -> None:
+    from hangar.stores._common import HashingReader
+
+    data = os.urandom(100_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with open(path, "rb") as raw:
+        reader = HashingReader(raw, lambda n: None)
+        reader.read(30_000)
+        reader.seek(10_000)  # a resent part: read again, hashed once
+        buf = bytearray(50_000)
+        assert reader.readinto(buf) == 50_000
+        reader.read()
+        assert reader.md5() == hashlib.md5(data).hexdigest()
+    with open(path, "rb") as raw:
+        reader = HashingReader(raw, lambda n: None)
+        reader.seek(5)  # skipped bytes were never hashed: no MD5 to give
+        reader.read()
+        assert reader.md5() is None
+
+
+def test_crc32_of_ranges_combines_into_the_crc32_of_the_file() -> None:
+    import random
+    import zlib
+
+    from hangar.stores._obstore import crc32_combine
+
+    rng = random.Random(5)
+    for _ in range(200):
+        a = os.urandom(rng.randint(0, 3000))
+        b = os.urandom(rng.choice([0, 1, 7, rng.randint(0, 5000)]))
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)

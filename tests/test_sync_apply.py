@@ -360,7 +360,7 @@ def test_bucket_not_found_aborts_the_whole_apply(src: Path, tmp_path: Path) -> N
     plan = make_plan(scan_local(roots(src)).files, {}, mirror=False, md5_of=lambda f: "0")
     s.delete_bucket()
     with pytest.raises(BucketNotFound):
-        apply_plan(plan, s, md5_of=lambda f: "0" * 32, progress=Recorder())
+        apply_plan(plan, s, checksums=ChecksumCache(tmp_path / "c.db"), progress=Recorder())
 
 
 # -- files that change under our feet -------------------------------------------------------
@@ -372,7 +372,7 @@ def test_file_changed_after_scan_fails_that_file_only(src: Path, store: LocalSto
     write(src / "a.txt", "rewritten after the scan")
     (src / "b" / "b.txt").unlink()
     with ChecksumCache() as cache, pytest.raises(UploadError) as err:
-        apply_plan(plan, store, md5_of=cache.md5, progress=Recorder())
+        apply_plan(plan, store, checksums=cache, progress=Recorder())
     reasons = dict(err.value.failures)
     assert "changed since the scan" in reasons["a.txt"]
     assert "deleted since the scan" in reasons["b/b.txt"]

@@ -4,12 +4,13 @@ and secret-free error messages. No SDK imports here."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from hangar.errors import StoreError
 from hangar.stores.base import Progress
@@ -164,6 +165,56 @@ class ProgressReader:
 
     def close(self) -> None:
         self._raw.close()
+
+
+class HashingReader(ProgressReader):
+    """A ProgressReader that also computes the MD5 of the file's bytes as the client reads
+    them, so an upload learns the checksum of exactly what it sent without reading the file a
+    second time. Bytes read again after a seek back (a resent part) are hashed once; `md5()`
+    is None when the client skipped ahead or did not start at the beginning."""
+
+    def __init__(self, raw: BinaryIO, progress: Progress) -> None:
+        super().__init__(raw, progress)
+        self._digest: Any = hashlib.md5(usedforsecurity=False) if self._high == 0 else None
+
+    def _hash(self, start: int, data: bytes | memoryview) -> None:
+        if self._digest is None:
+            return
+        if start > self._high:  # a gap: what was skipped was never hashed
+            self._digest = None
+            return
+        skip = self._high - start
+        if skip < len(data):
+            self._digest.update(data[skip:] if skip else data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        start = self._raw.tell()
+        data = self._raw.read(-1 if size is None else size)
+        self._hash(start, data)
+        self._report()
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        start = self._raw.tell()
+        n = int(self._raw.readinto(buffer) or 0)  # type: ignore[attr-defined]
+        self._hash(start, memoryview(buffer)[:n])
+        self._report()
+        return n
+
+    def md5(self) -> str | None:
+        """Hex MD5 of the bytes read, in order from the start (None: see the class doc)."""
+        return self._digest.hexdigest() if self._digest is not None else None
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file's content, streamed (for stores that record it before sending)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(DOWNLOAD_CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(view):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 class ProgressWriter:

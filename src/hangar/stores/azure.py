@@ -2,7 +2,8 @@
 
 Data plane: obstore (see `_obstore`). Control plane and listing: azure-storage-blob, whose
 List Blobs returns user metadata, so `capabilities.listing_has_meta` is True. Azure metadata
-names must be C# identifiers, so FileMeta is stored as ``hangar_mtime_ns`` / ``hangar_md5``.
+names must be C# identifiers, so FileMeta is stored as ``hangar_mtime_ns`` / ``hangar_md5`` (or
+``hangar_crc32``).
 The container's region is the storage account's: `create_bucket(region)` ignores `region`.
 
 URLs: ``az://container/prefix`` (account from settings) or
@@ -46,6 +47,7 @@ class AzureStore(ObstoreDataPlane):
     capabilities = Capabilities(listing_has_meta=True, native_mount=False, anonymous_read=True)
     meta_mtime = "hangar_mtime_ns"
     meta_md5 = "hangar_md5"
+    meta_crc32 = "hangar_crc32"
 
     def __init__(
         self,

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 # Object metadata keys (S3 and GCS use them as is; Azure needs C#-style identifiers, so its
-# store spells them with underscores: hangar_mtime_ns, hangar_md5).
+# store spells them with underscores: hangar_mtime_ns, hangar_md5, hangar_crc32).
 META_MTIME = "hangar-mtime-ns"
 META_CHECKSUM = "hangar-md5"
+# What a multipart upload records besides (or, when the MD5 is computed while sending, instead
+# of) the MD5, and what downloads check first: CRC-32 (zlib), 8 hex digits.
+META_CRC32 = "hangar-crc32"
 
 # Called with the number of bytes just transferred (a delta, not a running total).
 Progress = Callable[[int], None]
@@ -47,7 +50,9 @@ class FileMeta:
     """What Hangar records about the source file in the object's metadata."""
 
     mtime_ns: int
-    md5: str  # hex digest of the file's content
+    # Hex MD5 of the file's content; None when not known yet: put_file then computes it (from
+    # the bytes it sends, where the store can) and returns it in ObjectInfo.md5.
+    md5: str | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class Store(Protocol):
         """Upload a local file to `key`, atomically: readers see the old object or the new one.
 
         Records `meta` in the object's metadata. Streams (memory does not grow with file size).
+        Returns the object's info, with the MD5 of the content sent (also when `meta.md5` was
+        None: see FileMeta).
         """
         ...
 

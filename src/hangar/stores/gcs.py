@@ -48,6 +48,7 @@ from hangar.stores._common import (
     atomic_download,
     check_key,
     check_part_size,
+    file_md5,
     norm_prefix,
     parse_int,
     parse_md5,
@@ -268,11 +269,12 @@ class GcsStore:
         object metadata. Raises BucketNotFound, AccessDenied, StoreError."""
         full = self.prefix + check_key(key)
         size = os.stat(path).st_size
+        md5 = meta.md5 or file_md5(path)
         for attempt in (1, 2):
             blob = self._bucket().blob(
                 full, chunk_size=self.part_size if size > self.part_size else None
             )
-            blob.metadata = {META_MTIME: str(meta.mtime_ns), META_CHECKSUM: meta.md5}
+            blob.metadata = {META_MTIME: str(meta.mtime_ns), META_CHECKSUM: md5}
             with open(path, "rb") as raw:
                 try:
                     blob.upload_from_file(
@@ -286,15 +288,15 @@ class GcsStore:
                     # The library's CRC32C of what it sent is not the one the server reports
                     # for what it stored (seen when a chunk is resent after a fault): the
                     # object may exist with other bytes. Remove it, and send the file again.
-                    stored = self._drop_if_not(full, meta.md5)
-                    if stored == meta.md5:
+                    stored = self._drop_if_not(full, md5)
+                    if stored == md5:
                         break  # what it stored is what we sent after all
                 except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
                     raise self._error(exc, "upload", key) from None
                 else:
                     # GCS answers with the MD5 of what it stored: it must be what we sent.
                     stored = _b64_md5_hex(blob.md5_hash)
-                    if stored is None or stored == meta.md5:
+                    if stored is None or stored == md5:
                         break
                     with contextlib.suppress(gexc.GoogleAPIError, GoogleAuthError, OSError):
                         blob.delete(if_generation_match=blob.generation, timeout=self._timeout)
@@ -302,11 +304,11 @@ class GcsStore:
                 got = f"MD5 {stored}" if stored else "a different CRC32C"
                 raise StoreError(
                     f"upload {self.url}/{key}: the server stored different bytes than were sent "
-                    f"({got} instead of MD5 {meta.md5}); the object was removed. To fix: run "
+                    f"({got} instead of MD5 {md5}); the object was removed. To fix: run "
                     "the sync again; if this persists, look for a faulty proxy or disk between "
                     "here and the store."
                 )
-        return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=meta.md5, etag=blob.etag)
+        return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=md5, etag=blob.etag)
 
     def _drop_if_not(self, full: str, md5: str) -> str | None:
         """Delete the object at `full` unless its stored MD5 is `md5`; returns the MD5 it had

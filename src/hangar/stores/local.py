@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hangar.errors import BucketExists, BucketNotFound, ObjectNotFound, StoreError
+from hangar.stores._common import file_md5
 from hangar.stores.base import Capabilities, FileMeta, ObjectInfo, Progress, RcloneRemote
 from hangar.stores.uri import format_url
 
@@ -162,6 +163,7 @@ class LocalStore:
 
     def put_file(self, path: Path, key: str, *, meta: FileMeta, progress: Progress) -> ObjectInfo:
         dest = self._obj(key)
+        md5 = meta.md5 or file_md5(path)
         if not self.bucket_exists():
             raise BucketNotFound(f"local bucket {self.bucket!r} does not exist")
         try:
@@ -178,7 +180,7 @@ class LocalStore:
             os.utime(tmp, ns=(meta.mtime_ns, meta.mtime_ns))
             size = os.stat(tmp).st_size
             with contextlib.suppress(OSError):
-                os.setxattr(tmp, _XATTR, f"{meta.md5}:{size}:{meta.mtime_ns}".encode())
+                os.setxattr(tmp, _XATTR, f"{md5}:{size}:{meta.mtime_ns}".encode())
             if dest.is_dir():
                 raise StoreError(f"{self.url}/{key}: a directory of objects has this name")
             os.replace(tmp, dest)
@@ -186,7 +188,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=meta.md5)
+        return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=md5)
 
     def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
         src = self._obj(key)

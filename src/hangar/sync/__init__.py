@@ -99,7 +99,7 @@ def sync_up(
         if dry_run:
             return SyncReport(plan=plan, result=None, scan=scan)
         try:
-            result = apply_plan(plan, store, md5_of=cache.md5, progress=sink, workers=workers)
+            result = apply_plan(plan, store, checksums=cache, progress=sink, workers=workers)
         except BaseException:
             if manifest is not None:
                 manifest.forget()  # the next sync lists the bucket to see what got there

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Generic, TypeVar
 from hangar.errors import AccessDenied, BucketNotFound, HangarError, StoreError, SyncError
 from hangar.progress import ProgressSink
 from hangar.stores.base import FileMeta, Progress, Store
+from hangar.sync.checksum import ChecksumCache
 from hangar.sync.plan import Plan, PlanItem
 from hangar.sync.scan import LocalFile
 
@@ -200,12 +202,16 @@ def apply_plan(
     plan: Plan,
     store: Store,
     *,
-    md5_of: Callable[[LocalFile], str],
+    checksums: ChecksumCache,
     progress: ProgressSink,
     workers: int = 16,
     label: str = "",
 ) -> ApplyResult:
     """Upload the plan's UPLOAD items, then delete its DELETE items if nothing failed.
+
+    A file whose MD5 `checksums` does not know yet is not read for it beforehand: the store
+    computes it from the bytes it sends, and it is recorded in `checksums` (for the manifest
+    and the next run) when the file did not change meanwhile.
 
     Raises UploadError (a SyncError, with `.failures` and `.result`) when any file failed.
     """
@@ -230,11 +236,17 @@ def apply_plan(
             raise FileChanged("deleted since the scan; run the sync again") from None
         if not _same(before, f):
             raise FileChanged("changed since the scan; run the sync again")
-        meta = FileMeta(mtime_ns=f.mtime_ns, md5=md5_of(f))
+        md5 = checksums.cached(f)
+        started_ns = time.time_ns()
         sink: Progress = advance
-        store.put_file(Path(f.path), f.key, meta=meta, progress=sink)
-        if not _same(os.stat(f.path), f):
+        info = store.put_file(
+            Path(f.path), f.key, meta=FileMeta(mtime_ns=f.mtime_ns, md5=md5), progress=sink
+        )
+        after = os.stat(f.path)
+        if not _same(after, f):
             raise FileChanged("changed while being uploaded; run the sync again")
+        if md5 is None and info.md5 is not None:
+            checksums.remember(f, info.md5, after, started_ns=started_ns)
         with lock:
             result.uploaded += 1
             result.bytes_sent += f.size

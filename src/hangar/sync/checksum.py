@@ -112,38 +112,46 @@ class ChecksumCache:
         with self._lock:
             return self._memo.get((f.dev, f.ino, f.size, f.mtime_ns))
 
+    def cached(self, f: LocalFile) -> str | None:
+        """`f`'s MD5 when this run or an earlier one recorded it; never reads the file."""
+        found = self._lookup((f.dev, f.ino, f.size, f.mtime_ns))
+        if found is not None:
+            with self._lock:
+                self.hits += 1
+        return found
+
     def md5(self, f: LocalFile) -> str:
         """Hex MD5 of `f`'s content. Reads the file only on a cache miss (in 4 MiB chunks).
 
         Raises OSError when the file cannot be read.
         """
-        key = (f.dev, f.ino, f.size, f.mtime_ns)
-        found = self._lookup(key)
+        found = self.cached(f)
         if found is not None:
-            with self._lock:
-                self.hits += 1
             return found
         buf = getattr(self._local, "buf", None)
         if buf is None:
             buf = self._local.buf = bytearray(CHUNK)
         started = time.time_ns()
         digest, st = _md5_file(f.path, buf)
-        same = (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) == (
-            f.size,
-            f.mtime_ns,
-            f.dev,
-            f.ino,
-        )
         with self._lock:
             self.hashed += 1
-            if same:
-                self._memo[key] = digest
-                if f.mtime_ns <= started - RACY_NS:
-                    self._pending.append((*key, digest))
+        self.remember(f, digest, st, started_ns=started)
+        return digest
+
+    def remember(self, f: LocalFile, digest: str, st: os.stat_result, *, started_ns: int) -> None:
+        """Record `digest`, the MD5 of `f`'s content read from `started_ns` on (by an upload
+        that hashed what it sent, say), when `st`, a stat of the file taken around that read,
+        still shows `f`'s identity; see the module doc for when it is persisted."""
+        key = (f.dev, f.ino, f.size, f.mtime_ns)
+        if (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) != (f.size, f.mtime_ns, f.dev, f.ino):
+            return
+        with self._lock:
+            self._memo[key] = digest
+            if f.mtime_ns <= started_ns - RACY_NS:
+                self._pending.append((*key, digest))
             flush = len(self._pending) >= _BATCH
         if flush:
             self.flush()
-        return digest
 
     def flush(self) -> None:
         """Write pending digests to the database in one transaction."""
