@@ -16,6 +16,7 @@ import builtins
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import obstore
@@ -92,6 +93,7 @@ class S3Store(ObstoreDataPlane):
         self._settings: S3Settings | None = None
         self._static_keys: tuple[AwsKeys | None] | None = None  # set once, when not temporary
         self._boto: Any = None
+        self._created = False  # this object created the bucket: it holds no unfinished upload
 
     # -- settings and clients ----------------------------------------------------------------
     def _resolve(self) -> S3Settings:
@@ -266,8 +268,12 @@ class S3Store(ObstoreDataPlane):
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if settings.store_type == "s3" and region and region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        if settings.endpoint and not settings.anonymous and self._create_presigned(kwargs):
+            self._created = True
+            return
         try:
             self.boto().create_bucket(**kwargs)
+            self._created = True
         except ClientError as exc:
             code, status = _error_code(exc)
             if code == "BucketAlreadyOwnedByYou":
@@ -289,6 +295,40 @@ class S3Store(ObstoreDataPlane):
         except BotoCoreError as exc:
             raise self._boto_error(exc, "create") from None
 
+    def _create_presigned(self, kwargs: dict[str, Any]) -> bool:
+        """CreateBucket on an S3-compatible server as one request signed by the data plane's
+        client (a presigned PUT of the bucket), so a first upload does not load boto3 (~0.5 s
+        of a 2-core machine's time). True when created; raises BucketExists or AccessDenied
+        on the server's clear answers; False on anything else, so that boto3 tries (with its
+        retries) and reports."""
+        import urllib.error
+        import urllib.request
+
+        config = kwargs.get("CreateBucketConfiguration")
+        body = (
+            "<CreateBucketConfiguration><LocationConstraint>"
+            f"{config['LocationConstraint']}</LocationConstraint></CreateBucketConfiguration>"
+        ).encode() if config else b""  # fmt: skip
+        try:
+            url = obstore.sign(self._control(), "PUT", "", timedelta(minutes=5))
+            request = urllib.request.Request(url, data=body, method="PUT")
+            with urllib.request.urlopen(request, timeout=min(self.read_timeout, 30.0)):
+                return True
+        except urllib.error.HTTPError as exc:
+            code = re.search(r"<Code>([^<]+)</Code>", exc.read(4096).decode("utf-8", "replace"))
+            answer = code.group(1) if code else ""
+            if answer == "BucketAlreadyOwnedByYou":
+                raise BucketExists(
+                    f"bucket {self.bucket_url} already exists (it is yours, but Hangar did not "
+                    "create it for this storage)."
+                ) from None
+            if answer == "BucketAlreadyExists":
+                taken = f"bucket name {self.bucket!r} is taken by another account."
+                raise BucketExists(taken) from None
+            return False
+        except (ObstoreError, OSError, ValueError):
+            return False
+
     def abort_unfinished_uploads(self) -> int:
         """Abort the multipart uploads left unfinished under this store's prefix (by a process
         that was killed, say); their parts are invisible but billed. Returns how many.
@@ -296,6 +336,8 @@ class S3Store(ObstoreDataPlane):
         Call it only while holding the storage's lock, on a bucket Hangar owns: an upload in
         progress in another process would be aborted too (and would then fail, not corrupt).
         """
+        if self._created:
+            return 0  # created by this process, which finishes or aborts its own uploads
         client = self.boto()
         aborted = 0
         try:
