@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hangar.catalog import Catalog
-from hangar.errors import StorageNotFound
 from hangar.models import MountMode, StorageSpec, Task
 from hangar.progress import NullProgress, ProgressSink
 from hangar.spec import parse_task
 from hangar.storage import delete as delete_storage
+from hangar.storage import download as download_storage
 from hangar.storage import ensure, storage_lock
 from hangar.storage import upload as upload_storage
-from hangar.stores import open_store, parse_uri, store_from_uri
+from hangar.stores import parse_uri
 from hangar.sync import SyncReport
 from hangar.sync.download import DownloadResult
-from hangar.sync.download import download as download_store
 
 if TYPE_CHECKING:  # the launcher (mounts, executors) is imported only when used
     from hangar.launcher import LaunchPlan
@@ -101,23 +99,7 @@ def download(
     name_or_uri: str, directory: str | Path, progress: ProgressSink | None = None
 ) -> DownloadResult:
     """Download a storage (by catalog name) or a bucket URI (optionally a prefix) to `directory`."""
-    parsed = parse_uri(name_or_uri)
-    if parsed is not None:
-        options = {"account": parsed.account} if parsed.account else {}
-        store = open_store(parsed.store_type, parsed.bucket, **options)
-        subpath = parsed.prefix
-    else:
-        with Catalog() as cat:
-            record = cat.get(name_or_uri)
-        if record is None or not record.stores:
-            raise StorageNotFound(
-                f"no storage named {name_or_uri!r} in the catalog. To see them: hangar storage ls"
-            )
-        store = store_from_uri(record.stores[0].url)
-        subpath = ""
-    dest = Path(directory).expanduser().absolute()
-    dest.mkdir(parents=True, exist_ok=True)
-    return download_store(store, dest, subpath=subpath, progress=progress or NullProgress())
+    return download_storage(name_or_uri, directory, progress)
 
 
 def launch(task: Task, progress: ProgressSink | None = None, *, cluster: str | None = None) -> int:

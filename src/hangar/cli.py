@@ -267,7 +267,7 @@ def storage_download(
     directory: Annotated[Path, typer.Argument(help="Destination directory.", metavar="DIR")],
 ) -> None:
     """Download a storage (COPY mode on its own) into DIR."""
-    from hangar.api import download
+    from hangar.storage import download  # not hangar.api: the spec's models are not needed
     from hangar.ui import make_progress
 
     def go() -> None:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from filelock import FileLock, Timeout
 
@@ -20,9 +21,11 @@ from hangar.config import default_store, hangar_home
 from hangar.errors import BucketExists, BucketNotFound, HangarError, StorageNotFound
 from hangar.models import StorageSpec, SyncPolicy
 from hangar.progress import NullProgress, ProgressSink
-from hangar.stores import open_store, store_from_uri
+from hangar.stores import open_store, parse_uri, store_from_uri
 from hangar.stores.base import Store
 from hangar.sync import SyncReport, sync_up
+from hangar.sync.download import DownloadResult
+from hangar.sync.download import download as download_store
 from hangar.sync.manifest import Manifest
 
 
@@ -237,3 +240,26 @@ def delete(name: str) -> DeleteOutcome:
             cat.forget_store(name, srec.store_type)
         cat.forget(name)
     return DeleteOutcome(name, deleted, forgotten)
+
+
+def download(
+    name_or_uri: str, directory: str | Path, progress: ProgressSink | None = None
+) -> DownloadResult:
+    """Download a storage (by catalog name) or a bucket URI (optionally a prefix) to `directory`."""
+    parsed = parse_uri(name_or_uri)
+    if parsed is not None:
+        options = {"account": parsed.account} if parsed.account else {}
+        store = open_store(parsed.store_type, parsed.bucket, **options)
+        subpath = parsed.prefix
+    else:
+        with Catalog() as cat:
+            record = cat.get(name_or_uri)
+        if record is None or not record.stores:
+            raise StorageNotFound(
+                f"no storage named {name_or_uri!r} in the catalog. To see them: hangar storage ls"
+            )
+        store = store_from_uri(record.stores[0].url)
+        subpath = ""
+    dest = Path(directory).expanduser().absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    return download_store(store, dest, subpath=subpath, progress=progress or NullProgress())
