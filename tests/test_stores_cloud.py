@@ -693,3 +693,16 @@ def test_crc32_of_ranges_combines_into_the_crc32_of_the_file() -> None:
         a = os.urandom(rng.randint(0, 3000))
         b = os.urandom(rng.choice([0, 1, 7, rng.randint(0, 5000)]))
         assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+@pytest.mark.parametrize("size", [0, 1, 8 * MiB, 8 * MiB + 1, 16 * MiB + 3])
+def test_file_crc32_in_parallel_slices_is_the_crc32_of_the_file(size: int, tmp_path: Path) -> None:
+    import zlib
+
+    from hangar.stores._obstore import file_crc32
+
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    for workers in (1, 2, 3):
+        assert file_crc32(path, workers) == f"{zlib.crc32(data):08x}"
