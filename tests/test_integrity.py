@@ -129,14 +129,18 @@ def test_large_files_are_hashed_while_sent_and_checked_by_crc32_on_copy(
     src.mkdir()
     data = os.urandom(12 * 1024 * 1024 + 123)
     (src / "big.bin").write_bytes(data)
+    (src / "small.txt").write_bytes(b"small")
     name = unique_bucket("big")
     storage = Storage(name=name, source=str(src), stores=[cloud.store_type])
     (report,) = storage.upload()
-    assert report.result is not None and report.result.uploaded == 1
+    assert report.result is not None and report.result.uploaded == 2
     if cloud.store_type == "s3":
         meta = cloud.client.head_object(Bucket=name, Key="big.bin")["Metadata"]  # type: ignore[attr-defined]
         assert meta["hangar-crc32"] == f"{zlib.crc32(data):08x}"
         assert "hangar-md5" not in meta  # not known before sending: not read for it
+        small = cloud.client.head_object(Bucket=name, Key="small.txt")["Metadata"]  # type: ignore[attr-defined]
+        assert small["hangar-crc32"] == f"{zlib.crc32(b'small'):08x}"
+        assert small["hangar-md5"] == hashlib.md5(b"small").hexdigest()
     # The MD5 computed while sending was recorded: a touched file is compared, not re-sent.
     os.utime(src / "big.bin", ns=(1_700_000_000_000_000_000,) * 2)
     (again,) = storage.upload()

@@ -18,8 +18,9 @@ from typing import Protocol, runtime_checkable
 # store spells them with underscores: hangar_mtime_ns, hangar_md5, hangar_crc32).
 META_MTIME = "hangar-mtime-ns"
 META_CHECKSUM = "hangar-md5"
-# What a multipart upload records besides (or, when the MD5 is computed while sending, instead
-# of) the MD5, and what downloads check first: CRC-32 (zlib), 8 hex digits.
+# What S3 and Azure objects record besides the MD5 (or, for a multipart upload whose MD5 is
+# computed while sending, instead of it), and what downloads check, at a fifth of an MD5's
+# cost: CRC-32 (zlib), 8 hex digits.
 META_CRC32 = "hangar-crc32"
 
 # Called with the number of bytes just transferred (a delta, not a running total).
