@@ -206,15 +206,21 @@ class HashingReader(ProgressReader):
         return self._digest.hexdigest() if self._digest is not None else None
 
 
-def file_md5(path: Path) -> str:
-    """Hex MD5 of a file's content, streamed (for stores that record it before sending)."""
+def md5_and_stat(path: str | Path, buf: bytearray) -> tuple[str, os.stat_result]:
+    """Hex MD5 of a file's content, streamed through `buf`, and its fstat (taken before
+    reading)."""
     digest = hashlib.md5(usedforsecurity=False)
+    view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(DOWNLOAD_CHUNK)
-        view = memoryview(buf)
+        st = os.fstat(fh.fileno())
         while n := fh.readinto(view):
             digest.update(view[:n])
-    return digest.hexdigest()
+    return digest.hexdigest(), st
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file's content (for stores that record it before sending)."""
+    return md5_and_stat(path, bytearray(DOWNLOAD_CHUNK))[0]
 
 
 class ProgressWriter:

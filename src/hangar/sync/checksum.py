@@ -17,7 +17,6 @@ memory only, silently.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import threading
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from hangar.stores._common import md5_and_stat
 from hangar.sync.scan import LocalFile
 
 CHUNK = 4 * 1024 * 1024
@@ -32,17 +32,6 @@ RACY_NS = 2_000_000_000
 _BATCH = 1000
 
 _Key = tuple[int, int, int, int]  # dev, ino, size, mtime_ns
-
-
-def _md5_file(path: str, buf: bytearray) -> tuple[str, os.stat_result]:
-    """Hex MD5 of the file, streamed in CHUNK-sized reads, and its fstat (taken before reading)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        st = os.fstat(fh.fileno())
-        while n := fh.readinto(view):
-            digest.update(view[:n])
-    return digest.hexdigest(), st
 
 
 class ChecksumCache:
@@ -132,7 +121,7 @@ class ChecksumCache:
         if buf is None:
             buf = self._local.buf = bytearray(CHUNK)
         started = time.time_ns()
-        digest, st = _md5_file(f.path, buf)
+        digest, st = md5_and_stat(f.path, buf)
         with self._lock:
             self.hashed += 1
         self.remember(f, digest, st, started_ns=started)
