@@ -127,8 +127,15 @@ class Catalog:
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         if new:
             os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            # Switching to WAL needs the database to itself, and SQLite answers "database is
+            # locked" at once rather than wait when another connection is busy with it: the
+            # first openers (threads or processes) take turns. Once WAL, this is skipped.
+            from filelock import FileLock
+
+            with FileLock(f"{self.path}.init.lock", timeout=60):
+                self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(storages)")}
