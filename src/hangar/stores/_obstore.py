@@ -427,8 +427,9 @@ class ObstoreDataPlane:
     def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
         """Stream `key` into a temporary file beside `path`, then rename it into place and give
         it the recorded source mtime. The bytes are checked against the checksum recorded at
-        upload (the CRC-32 of a multipart upload, else the MD5 or the single-part ETag) when
-        there is one; a mismatch is fetched once more, then fails with nothing left at `path`.
+        upload (the CRC-32, else the MD5 or the single-part ETag of an object uploaded before
+        Hangar recorded one) when there is one; a mismatch is fetched once more, then fails
+        with nothing left at `path`.
         Raises ObjectNotFound, AccessDenied, StoreError."""
         full = self._full(key)
         for attempt in (1, 2):
@@ -511,7 +512,10 @@ class ObstoreDataPlane:
                     crc = zlib.crc32(chunk, crc)
                 progress(len(chunk))
             if pos != end:
-                raise StoreError(f"the server sent {pos - start} bytes of range {start}-{end}")
+                raise StoreError(
+                    f"download {self.bucket_url}/{full}: the server sent {pos - start} bytes for "
+                    f"the range {start}-{end}; nothing was written. To fix: run it again."
+                )
             return crc
 
         pool = ThreadPoolExecutor(max_workers=RANGE_WINDOW)
