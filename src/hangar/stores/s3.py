@@ -1,7 +1,9 @@
 """Amazon S3 and S3-compatible stores (SeaweedFS, MinIO, Ceph, Cloudflare R2).
 
 Data plane: obstore (see `_obstore`). Control plane (bucket exists / create / delete): boto3,
-with its "standard" retry mode (503 SlowDown, 429, connection errors, with backoff).
+with its "standard" retry mode (503 SlowDown, 429, connection errors, with backoff); on an
+S3-compatible server (an endpoint is set) the bucket check is one LIST through obstore and
+creation one PUT presigned by obstore, boto3 answering only when that PUT gets no clear answer.
 
 Listing: S3's ListObjectsV2 returns no user metadata, so `capabilities.listing_has_meta` is
 False. `list()` still gives an MD5 for every object Hangar wrote: a single-part object's ETag
