@@ -134,7 +134,7 @@ class Catalog:
             # first openers (threads or processes) take turns. Once WAL, this is skipped.
             from filelock import FileLock
 
-            with FileLock(f"{self.path}.init.lock", timeout=60):
+            with FileLock(f"{self.path}.init.lock", timeout=60, mode=0o600):
                 self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
