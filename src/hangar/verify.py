@@ -8,7 +8,6 @@ object is found even when its recorded checksum still looks right. Reports missi
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from hangar.errors import ChecksumMismatch, StorageNotFound
 from hangar.models import LocalRoot
 from hangar.progress import NullProgress, ProgressSink
 from hangar.stores import store_from_uri
+from hangar.stores._common import file_md5
 from hangar.stores.base import ObjectInfo, Store
 from hangar.sync.checksum import ChecksumCache
 from hangar.sync.scan import LocalFile, scan_local
@@ -56,11 +56,7 @@ def _md5_of_object(store: Store, key: str, workdir: Path, progress: ProgressSink
         path = Path(tmp.name)
     try:
         store.get_file(key, path, progress=progress.advance)
-        digest = hashlib.md5(usedforsecurity=False)
-        with open(path, "rb") as f:
-            while chunk := f.read(1024 * 1024):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_md5(path)
     finally:
         path.unlink(missing_ok=True)
 

@@ -96,8 +96,6 @@ _CRC32_HEX = re.compile(r"^[0-9a-f]{8}$")
 class _Crc32:
     """CRC-32 (zlib) with hashlib's update/hexdigest, for checking downloads."""
 
-    name = "CRC-32"
-
     def __init__(self) -> None:
         self.value = 0
 
@@ -139,13 +137,22 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return _gf2_times(_crc32_shift(len2), crc1) ^ crc2 if len2 else crc1
 
 
+def _combined_crc32(crcs: Sequence[int], step: int, size: int) -> str:
+    """The CRC-32 (8 hex digits) of `size` bytes from the CRC-32s of their consecutive slices
+    of `step` bytes (the last one shorter)."""
+    total = 0
+    for start, crc in zip(range(0, size, step), crcs, strict=True):
+        total = crc32_combine(total, crc, min(step, size - start))
+    return f"{total:08x}"
+
+
 def file_crc32(path: Path, workers: int = 0) -> str:
     """CRC-32 of a file's content as 8 hex digits: streamed, in `workers` slices read and
     summed in parallel (default: one per CPU; zlib releases the GIL) and then combined, as it
     is computed before a large upload starts, while nothing else runs."""
     size = os.stat(path).st_size
     workers = max(1, min(workers or os.cpu_count() or 1, size // DOWNLOAD_CHUNK))
-    step = -(-size // workers)
+    step = -(-size // workers) or 1
     with open(path, "rb", buffering=0) as fh:
         fd = fh.fileno()
 
@@ -157,16 +164,13 @@ def file_crc32(path: Path, workers: int = 0) -> str:
                 start += n
             return crc
 
-        starts = range(0, max(size, 1), step) if size else [0]
+        starts = range(0, size, step)
         if workers == 1:
             crcs = [crc_of(start) for start in starts]
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 crcs = list(pool.map(crc_of, starts))
-    total = 0
-    for start, crc in zip(starts, crcs, strict=True):
-        total = crc32_combine(total, crc, min(step, size - start))
-    return f"{total:08x}"
+    return _combined_crc32(crcs, step, size)
 
 
 def _copy_body(result: Any, out: Any, algo: str, progress: Progress) -> str:
@@ -525,10 +529,7 @@ class ObstoreDataPlane:
         finally:  # a failed range stops the ones not started yet
             pool.shutdown(wait=True, cancel_futures=True)
         if algo == "crc32":
-            total = 0
-            for start, crc in zip(range(0, size, RANGE_SIZE), crcs, strict=True):
-                total = crc32_combine(total, crc, min(RANGE_SIZE, size - start))
-            return f"{total:08x}"
+            return _combined_crc32(crcs, RANGE_SIZE, size)
         return _md5_of_fd(fd, size)
 
     def _info(self, key: str, meta: Any, attributes: dict[str, str] | None) -> ObjectInfo:
