@@ -1445,3 +1445,19 @@ def test_env_seconds_takes_positive_numbers_and_names_the_variable(
             env_seconds("HANGAR_X_TIMEOUT", 30.0)
         with pytest.raises(MountError, match="positive number of seconds"):
             env_seconds("HANGAR_X_TIMEOUT", 30.0, MountError)
+
+
+def test_a_storage_naming_no_store_is_checked_against_the_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name S3 accepts but Azure refuses: it must fail before anything runs when Azure is
+    # where the storage will go, and the message must name that store.
+    text = FM + "    name: a--b\n"
+    assert load(tmp_path, text) is not None
+    monkeypatch.setenv("HANGAR_DEFAULT_STORE", "azure")
+    err = load_error(tmp_path, text)
+    assert err.where == "file_mounts./data.name"
+    assert "not valid for the azure store" in err.message
+    monkeypatch.setenv("HANGAR_DEFAULT_STORE", "s3")
+    err = load_error(tmp_path, FM + "    name: ab\n")
+    assert "not valid for the s3 store" in err.message

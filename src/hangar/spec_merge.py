@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from hangar.config import default_store
 from hangar.errors import SpecError
 from hangar.models import LocalRoot, StorageSpec, SyncPolicy
 from hangar.spec_paths import is_below
@@ -31,7 +32,7 @@ def build_storages(decls: Sequence[Decl]) -> tuple[StorageSpec, ...]:
     for spec in storages:
         if spec.is_external:
             continue  # an existing bucket: its name is whatever the cloud accepted back then
-        for store in spec.stores or ("local",):
+        for store in spec.stores or (default_store(),):  # where an unnamed store goes
             try:
                 validate_bucket_name(store, spec.name)
             except SpecError as exc:
