@@ -56,6 +56,11 @@ def test_mount_streams_reads_and_uploads_on_close() -> None:
     assert "--read-only" not in flags and "--allow-non-empty" not in flags
     ro = rclone_flags(MountMode.MOUNT, read_only=True, cached=None)
     assert _flag(ro, "--vfs-cache-mode") == "off" and "--read-only" in ro
+    # MOUNT reads are not MD5-hashed by rclone (it could compare only single-part objects, and
+    # only at close); MOUNT_CACHED keeps rclone's check of what it serves from its cache.
+    assert "--no-checksum" in flags and "--no-checksum" in ro
+    cached = rclone_flags(MountMode.MOUNT_CACHED, read_only=False, cached=None)
+    assert "--no-checksum" not in cached
 
 
 def test_mount_cached_defaults_presets_and_overrides() -> None:

@@ -26,6 +26,11 @@ Flags, and why:
   make close() wait for the upload, but refuses ordinary programs (open O_RDWR, seek while
   writing, append to an existing file); ``writes`` accepts them all. Read-only: ``--read-only``
   and no cache at all. ``--dir-cache-time 5s``: the task sees objects others add within seconds.
+  ``--no-checksum``: otherwise rclone MD5-hashes every file read from start to end (1.7 CPU-s
+  per GiB, half of what a 1 GiB read costs here) to compare at close(2), after the program has
+  used the data, and only against an MD5 it knows: Hangar's multipart objects (every file over
+  the part size) have none, so for them the hashing bought nothing. Measured reading 1 GiB
+  through a read-only mount: 4.5-4.9 s (rclone 4.4-4.6 CPU-s) before, 2.9-3.5 s after.
 - MOUNT_CACHED: ``--vfs-cache-mode full`` with the cache under
   ``$HANGAR_HOME/cache/rclone/<mount-id>``, bounded by ``--vfs-cache-max-size`` (default 10G),
   ``--vfs-write-back 1s``, ``--transfers 1`` (files reach the bucket in the order they were
@@ -117,12 +122,15 @@ def rclone_flags(
     """The mode-specific `rclone mount` flags (see the module docstring for the reasons)."""
     if mode is MountMode.MOUNT:
         if read_only:
-            return ["--vfs-cache-mode", "off", "--dir-cache-time", "5s", "--read-only"]
+            return [
+                "--vfs-cache-mode", "off", "--dir-cache-time", "5s", "--no-checksum", "--read-only",
+            ]  # fmt: skip
         return [
             "--vfs-cache-mode", "writes",
             "--vfs-write-back", "0s",
             "--vfs-cache-max-size", DEFAULT_CACHE_MAX_SIZE,
             "--dir-cache-time", "5s",
+            "--no-checksum",
         ]  # fmt: skip
     if mode is not MountMode.MOUNT_CACHED:
         raise MountError(f"mode {mode} is not a FUSE mount (COPY downloads instead)")
