@@ -59,6 +59,9 @@ def test_mount_streams_reads_and_uploads_on_close() -> None:
     # MOUNT reads are not MD5-hashed by rclone (it could compare only single-part objects, and
     # only at close); MOUNT_CACHED keeps rclone's check of what it serves from its cache.
     assert "--no-checksum" in flags and "--no-checksum" in ro
+    # File times come from the listing: no request per file stat'ed (counted in
+    # test_mount_cloud.py::test_mount_stat_and_read_cost_the_listing_and_one_get_per_file).
+    assert "--use-server-modtime" in flags and "--use-server-modtime" in ro
     cached = rclone_flags(MountMode.MOUNT_CACHED, read_only=False, cached=None)
     assert "--no-checksum" not in cached
 

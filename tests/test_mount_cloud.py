@@ -16,6 +16,8 @@ import pytest
 from backends import Backend
 from helpers import hangar, make_tree, write_yaml
 from mount_helpers import assert_clean, needs_fuse, no_leftover_mounts
+from servers.faultproxy import FaultProxy
+from trust_helpers import proxied_env
 
 pytestmark = [needs_fuse, pytest.mark.usefixtures(no_leftover_mounts.__name__)]
 
@@ -192,4 +194,39 @@ run: |
     assert objects["last-words.txt"] == b"before the crash"
     assert objects["streamed.txt"] == b"streamed"
     assert not m.exists()
+    assert_clean(hangar_home)
+
+
+def test_mount_stat_and_read_cost_the_listing_and_one_get_per_file(
+    s3_backend: Backend, tmp_path: Path, hangar_home: Path
+) -> None:
+    """`ls -l` and reading every file of a MOUNT (writable and read-only) cost the listing and
+    one GET per file, counted at a proxy in front of the S3 server: no HEAD per file (S3
+    listings carry no metadata, so a mount that reads metadata pays a request per stat)."""
+    n = 30
+    files = {f"d/f{i:03d}.bin": os.urandom(1000 + i) for i in range(n)}
+    src = make_tree(tmp_path / "src", files)
+    name = _name("stat")
+    env = {**os.environ, **s3_backend.env}
+    up = hangar("storage", "upload", str(src), "--name", name, env=env, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    with FaultProxy(s3_backend.endpoint) as proxy:
+        penv = {**env, **proxied_env(s3_backend, proxy.url)}
+        for read_only in (False, True):
+            point = tmp_path / f"mnt-{'ro' if read_only else 'rw'}"
+            point.mkdir()
+            extra = ["--read-only"] if read_only else []
+            mounted = hangar("storage", "mount", name, str(point), *extra, env=penv)
+            assert mounted.returncode == 0, mounted.stdout + mounted.stderr
+            heads, gets = proxy.count("HEAD"), proxy.count("GET", f"/{name}/d/")
+            try:
+                sizes = {p.name: p.stat().st_size for p in (point / "d").iterdir()}
+                assert sizes == {k[2:]: len(v) for k, v in files.items()}
+                for rel, data in files.items():
+                    assert (point / rel).read_bytes() == data
+                heads, gets = proxy.count("HEAD") - heads, proxy.count("GET", f"/{name}/d/") - gets
+            finally:
+                done = hangar("storage", "unmount", str(point), env=penv)
+                assert done.returncode == 0, done.stdout + done.stderr
+            assert (heads, gets) == (0, n), proxy.summary()
     assert_clean(hangar_home)

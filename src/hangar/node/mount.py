@@ -31,6 +31,12 @@ Flags, and why:
   used the data, and only against an MD5 it knows: Hangar's multipart objects (every file over
   the part size) have none, so for them the hashing bought nothing. Measured reading 1 GiB
   through a read-only mount: 4.5-4.9 s (rclone 4.4-4.6 CPU-s) before, 2.9-3.5 s after.
+  ``--use-server-modtime``: a file's time is the time its object was stored, which the listing
+  already gives. Otherwise rclone sends a HEAD for every file that is stat'ed (``ls -l`` of
+  1,000 files: 1,000 requests and 1.7 s, against 0.26 s), only to read an rclone ``mtime``
+  metadata key that Hangar's uploads do not write. 16 readers of 10,000 files of 100 KiB:
+  21-27 s (slower each pass) before, 17-18 s after. The cost: a time set on a file through the
+  mount (``touch -d``, ``tar``, ``rsync -t``) is not kept; it reads back as the time stored.
 - MOUNT_CACHED: ``--vfs-cache-mode full`` with the cache under
   ``$HANGAR_HOME/cache/rclone/<mount-id>``, bounded by ``--vfs-cache-max-size`` (default 10G),
   ``--vfs-write-back 1s``, ``--transfers 1`` (files reach the bucket in the order they were
@@ -123,14 +129,15 @@ def rclone_flags(
     if mode is MountMode.MOUNT:
         if read_only:
             return [
-                "--vfs-cache-mode", "off", "--dir-cache-time", "5s", "--no-checksum", "--read-only",
+                "--vfs-cache-mode", "off", "--dir-cache-time", "5s",
+                "--no-checksum", "--use-server-modtime", "--read-only",
             ]  # fmt: skip
         return [
             "--vfs-cache-mode", "writes",
             "--vfs-write-back", "0s",
             "--vfs-cache-max-size", DEFAULT_CACHE_MAX_SIZE,
             "--dir-cache-time", "5s",
-            "--no-checksum",
+            "--no-checksum", "--use-server-modtime",
         ]  # fmt: skip
     if mode is not MountMode.MOUNT_CACHED:
         raise MountError(f"mode {mode} is not a FUSE mount (COPY downloads instead)")
