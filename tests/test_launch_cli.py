@@ -197,6 +197,37 @@ def test_storage_ls_table_and_json(tmp_path: Path) -> None:
     assert record["source"] == str(src)
 
 
+# Runs the real CLI in this interpreter, then says which heavy modules it loaded.
+_LOADED = """
+import sys
+from hangar.cli import main
+sys.argv = ["hangar", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print(code, "pydantic" in sys.modules, "boto3" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_commands_without_a_spec_do_not_load_pydantic(tmp_path: Path) -> None:
+    """Work counted, not time: `storage ls` and `storage download` (a COPY on its own) do not
+    import pydantic (~0.15 s), which only the task spec needs; nor does the CLI framework pull
+    it in to parse options."""
+    src = make_tree(tmp_path / "src", {"a": "12345", "b/c": "678"})
+    assert hangar("storage", "upload", str(src), "--name", "light").returncode == 0
+    for args in (["storage", "ls"], ["storage", "download", "light", str(tmp_path / "dl")]):
+        out = subprocess.run(
+            [sys.executable, "-c", _LOADED, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert out.stderr.strip().splitlines()[-1] == "0 False False", (args, out.stderr)
+    assert (tmp_path / "dl" / "b" / "c").read_text() == "678"
+
+
 def test_env_and_node_variables_reach_commands(tmp_path: Path) -> None:
     task = write_yaml(
         tmp_path / "t.yaml",
