@@ -325,3 +325,130 @@ def test_unreadable_directory_is_an_error_not_a_silent_skip(tmp_path: Path) -> N
             scan_local([droot(src)])
     finally:
         (src / "locked").chmod(0o755)
+
+
+# -- a large re-scan walks in two processes -------------------------------------------------------
+
+
+def _tree_for_split(src: Path) -> None:
+    for d in range(12):
+        for f in range(4):
+            write(src / f"d{d:02d}" / f"f{f}.txt", f"{d}-{f}")
+        write(src / f"d{d:02d}" / "deeper" / "g.bin", b"\1" * d)
+        write(src / f"d{d:02d}" / "skip.log", "ignored")
+    write(src / ".skyignore", "*.log\n")
+    write(src / "top.txt", "top")
+    outside = write(src.parent / "outside.txt", "out")
+    (src / "d03" / "link-out").symlink_to(outside)
+    (src / "d04" / "dangling").symlink_to(src / "nowhere")
+    (src / "d05" / "link-in").symlink_to(src / "top.txt")
+    (src / "d06" / "loop").symlink_to(src / "d06")
+
+
+def _known(src: Path) -> dict[str, tuple[str, int, int | None, str | None, int | None, int | None]]:
+    return {
+        f.key: (f.key, f.size, f.mtime_ns, None, f.dev, f.ino)
+        for f in scan_local([droot(src)]).files
+    }
+
+
+def _summary(res: object) -> tuple[object, ...]:
+    from hangar.sync.scan import ScanResult
+
+    assert isinstance(res, ScanResult)
+    return (res.files, sorted(res.unchanged), res.ignored, res.total_bytes, sorted(res.warnings))
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Split every re-scan with a manifest (however small) and count the children started."""
+    from hangar.sync import scan
+
+    started: list[int] = []
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        pid = real_fork()
+        if pid:
+            started.append(pid)
+        return pid
+
+    monkeypatch.setattr(scan, "_SPLIT_MIN_KNOWN", 1)
+    monkeypatch.setattr(scan, "_cpus", lambda: 2)
+    monkeypatch.setattr(scan.os, "fork", counting_fork)
+    return started
+
+
+def test_a_large_rescan_split_over_two_processes_finds_what_one_process_finds(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hangar.sync import scan
+
+    src = tmp_path / "src"
+    _tree_for_split(src)
+    known = _known(src)
+    write(src / "d01" / "f0.txt", "changed, and longer")  # changed
+    write(src / "d09" / "new.txt", "new")  # new
+    (src / "d10" / "f3.txt").unlink()  # gone
+    split = scan_local([droot(src)], known=known)
+    assert len(forks) == 1  # one child walked half of the directories
+    monkeypatch.setattr(scan, "_SPLIT_MIN_KNOWN", 10**9)
+    single = scan_local([droot(src)], known=known)
+    assert len(forks) == 1
+    assert _summary(split) == _summary(single)
+    # A followed symlink is always listed (compared later), like a changed or new file.
+    assert [f.key for f in split.files] == ["d01/f0.txt", "d05/link-in", "d09/new.txt"]
+    assert "d10/f3.txt" not in split.unchanged and len(split.unchanged) == 12 * 5 + 2 - 2
+    assert split.ignored == 12 and len(split.warnings) == 3
+
+
+def test_a_walk_child_that_dies_has_its_share_walked_by_the_parent(
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hangar.sync import scan
+
+    src = tmp_path / "src"
+    _tree_for_split(src)
+    known = _known(src)
+    write(src / "d11" / "f2.txt", "changed in the child's share")
+    expected = _summary(scan_local([droot(src)], known=known))
+    forks.clear()
+    parent = os.getpid()
+    real_state = scan._Walker.state
+
+    def dying_state(self: object) -> tuple[object, ...]:
+        if os.getpid() != parent:
+            os._exit(9)  # the child is killed before it reports (out of memory, a signal)
+        return real_state(self)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan._Walker, "state", dying_state)
+    assert _summary(scan_local([droot(src)], known=known)) == expected
+    assert len(forks) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forks[0], os.WNOHANG)  # reaped: no zombie left
+
+
+def test_an_unreadable_directory_in_the_childs_share_is_the_same_error(
+    tmp_path: Path, forks: list[int]
+) -> None:
+    """A path the kernel refuses (longer than PATH_MAX: refused even to root) in the child's
+    share fails the scan with the parent's usual SpecError, and leaves no process behind."""
+    src = tmp_path / "src"
+    _tree_for_split(src)
+    known = _known(src)
+    fd = os.open(src / "d01", os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 x 250 characters: over PATH_MAX (4096)
+            os.mkdir("n" * 250, dir_fd=fd)
+            child = os.open("n" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    with pytest.raises(SpecError) as info:
+        scan_local([droot(src)], known=known)
+    assert "cannot read directory" in info.value.message and "To fix" in info.value.message
+    assert info.value.where == "file_mounts./data.source"
+    assert len(forks) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forks[0], os.WNOHANG)

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hangar.errors import SpecError
 
 DEFAULT_STORE = "local"
@@ -75,6 +73,8 @@ def load_user_config() -> UserConfig:
     path = hangar_home() / "config.yaml"
     if not path.exists():
         return UserConfig(None, {})
+    import yaml  # only when there is a file to read
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

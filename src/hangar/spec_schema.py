@@ -20,7 +20,9 @@ from hangar.errors import SpecError
 
 
 class _Raw(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # defer_build: a schema is built when first used, so a command that validates only a
+    # `storage:` entry does not pay for the others at import.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class RawMountOptions(_Raw):

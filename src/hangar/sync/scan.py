@@ -21,9 +21,13 @@ Contract of `scan_local`:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import signal
 import stat
 import subprocess
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -148,6 +152,216 @@ class _FdCloser:
 
 # What `known` maps a key to: (key, size, mtime_ns, md5, dev, ino), a manifest row.
 Known = Mapping[str, tuple[str, int, int | None, str | None, int | None, int | None]]
+# A directory still to walk: (real path, key-relative prefix ending with "/" or "", real dirs
+# on the path from the root, for loop detection).
+_Dir = tuple[str, str, tuple[str, ...]]
+
+# A re-sync of a tree this large (files in the trusted manifest) walks it in two processes:
+# a no-change re-sync of 100,000 files is mostly this walk (one stat per file, about half of
+# it the kernel's), and both halves run at once on two cores.
+_SPLIT_MIN_KNOWN = 20_000
+_SPLIT_MIN_DIRS = 8  # walk breadth-first until this many directories wait, then split them
+
+
+class _Walker:
+    """What walking one directory root finds, kept apart so that two processes can each walk
+    some of its directories and one merge the other's findings (`state`, `merge`)."""
+
+    def __init__(
+        self, root: LocalRoot, real_root: str, ignore: _Ignore | None, known: Known | None
+    ) -> None:
+        self.root = root
+        self.real_root = real_root
+        self.is_ignored = ignore.ignored if ignore else None
+        self.known_get = known.get if known else None
+        self.prefix = (
+            root.prefix if not root.prefix or root.prefix.endswith("/") else root.prefix + "/"
+        )
+        self.files: list[LocalFile] = []
+        self.unchanged: list[str] = []
+        self.same_bytes = 0
+        self.ignored = 0
+        self.outside: list[str] = []
+        self.dangling: list[str] = []
+        self.loops: list[str] = []
+
+    def state(self) -> tuple[object, ...]:
+        return (
+            self.files, self.unchanged, self.same_bytes, self.ignored,
+            self.outside, self.dangling, self.loops,
+        )  # fmt: skip
+
+    def merge(self, state: tuple[object, ...]) -> None:
+        files, unchanged, same_bytes, ignored, outside, dangling, loops = state
+        self.files += files  # type: ignore[arg-type]
+        self.unchanged += unchanged  # type: ignore[arg-type]
+        self.same_bytes += same_bytes  # type: ignore[operator]
+        self.ignored += ignored  # type: ignore[operator]
+        self.outside += outside  # type: ignore[arg-type]
+        self.dangling += dangling  # type: ignore[arg-type]
+        self.loops += loops  # type: ignore[arg-type]
+
+    def walk(self, stack: list[_Dir], limit: int = 0) -> None:
+        """Walk the directories on `stack` (and all below them). With `limit`, stop once that
+        many directories wait on `stack`, taking them in breadth-first order meanwhile."""
+        root, real_root = self.root, self.real_root
+        append = self.files.append
+        same = self.unchanged.append
+        is_ignored, known_get, prefix = self.is_ignored, self.known_get, self.prefix
+        same_bytes = 0
+        try:
+            while stack and not (limit and len(stack) >= limit):
+                directory, rel_dir, chain = stack.pop(0 if limit else -1)
+                try:
+                    # Scanning a directory fd makes entry.stat() an fstatat() relative to it: a
+                    # quarter cheaper than an lstat of the full path, most of a scan's time.
+                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                except OSError as exc:
+                    # Skipping it would make its files look deleted (a mirror sync delete them).
+                    raise SpecError(
+                        f"cannot read directory {directory} in source {root.path}: "
+                        f"{exc.strerror or exc}. To fix: make it readable, or exclude it in "
+                        f"{os.path.join(real_root, SKYIGNORE)}.",
+                        where=root.where,
+                    ) from exc
+                base = directory + os.sep if directory != os.sep else directory
+                key_dir = prefix + rel_dir
+                try:
+                    entries = os.scandir(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                with entries, _FdCloser(fd):  # entry.stat() needs fd open until the loop ends
+                    for entry in entries:
+                        name = entry.name
+                        if name == ".git":
+                            continue
+                        try:
+                            # Regular files first, with as little work as possible: most are.
+                            if entry.is_file(follow_symlinks=False):
+                                if is_ignored is not None and is_ignored(rel_dir + name, False):
+                                    self.ignored += 1
+                                    continue
+                                st = entry.stat(follow_symlinks=False)
+                                key = key_dir + name
+                                if known_get is not None:
+                                    row = known_get(key)
+                                    if (
+                                        row is not None
+                                        and row[2] == st.st_mtime_ns
+                                        and row[1] == st.st_size
+                                        and row[5] == st.st_ino
+                                        and row[4] == st.st_dev
+                                    ):
+                                        same(key)
+                                        same_bytes += row[1]
+                                        continue
+                                append(
+                                    LocalFile(
+                                        key,
+                                        base + name,
+                                        st.st_size,
+                                        st.st_mtime_ns,
+                                        st.st_dev,
+                                        st.st_ino,
+                                    )
+                                )
+                                continue
+                            rel = rel_dir + name
+                            path = base + name
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                            if is_ignored is not None and is_ignored(rel, is_dir):
+                                self.ignored += 1
+                                continue
+                            if is_dir:
+                                stack.append((path, rel + "/", (*chain, path)))
+                                continue
+                            if not entry.is_symlink():
+                                continue  # socket, FIFO, device
+                        except FileNotFoundError:
+                            continue  # removed while we walked
+                        self._symlink(rel, path, chain, stack)
+        finally:
+            self.same_bytes += same_bytes
+
+    def _symlink(self, rel: str, path: str, chain: tuple[str, ...], stack: list[_Dir]) -> None:
+        """Follow a symlink only when it resolves inside the root."""
+        target = os.path.realpath(path)
+        try:
+            st = os.stat(target)
+        except OSError:
+            self.dangling.append(rel)
+            return
+        if not _inside(target, self.real_root):
+            self.outside.append(rel)
+        elif stat.S_ISREG(st.st_mode):
+            self.files.append(
+                LocalFile(
+                    self.prefix + rel, target, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
+                )
+            )
+        elif stat.S_ISDIR(st.st_mode):
+            if any(c == target or c.startswith(target + os.sep) for c in chain):
+                self.loops.append(rel)
+            else:
+                stack.append((target, rel + "/", (*chain, target)))
+
+
+def _walk_in_child(walker: _Walker, stack: list[_Dir]) -> tuple[int, int] | None:
+    """Fork a child that walks `stack` and writes `walker.state()` (or its error) to a pipe.
+    Returns (pid, read fd), or None when no child could be started."""
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return None
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads (the transfer library's).
+        # The child runs only this module's walk, pickle and os.write, takes no lock another
+        # thread could hold, and leaves with os._exit: none of what that warning is about.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            return None
+    if pid:
+        os.close(write_fd)
+        return pid, read_fd
+    code = 1
+    try:  # the child: never returns into the caller
+        os.close(read_fd)
+        try:
+            walker.walk(stack)
+            payload = pickle.dumps(("ok", walker.state()), pickle.HIGHEST_PROTOCOL)
+        except SpecError as exc:
+            payload = pickle.dumps(("spec", exc.message, exc.where), pickle.HIGHEST_PROTOCOL)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view) :]
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _child_result(pid: int, read_fd: int) -> tuple[object, ...] | None:
+    """The child's findings (its SpecError re-raised here), or None if it produced none."""
+    chunks = []
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            while chunk := pipe.read(1 << 20):
+                chunks.append(chunk)
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if status != 0 or not chunks:
+        return None
+    result = pickle.loads(b"".join(chunks))
+    if result[0] == "spec":
+        raise SpecError(result[1], result[2])
+    state: tuple[object, ...] = result[1]
+    return state
 
 
 def _walk(
@@ -161,111 +375,50 @@ def _walk(
     ignore, warning = _load_ignore(real_root, root.where)
     if warning:
         res.warnings.append(warning)
-    prefix = root.prefix if not root.prefix or root.prefix.endswith("/") else root.prefix + "/"
-    outside: list[str] = []
-    dangling: list[str] = []
-    loops: list[str] = []
-    append = out.append
-    is_ignored = ignore.ignored if ignore else None
-    known_get = known.get if known else None
-    same = res.unchanged.append
-    same_bytes = 0
-    # (real directory path, key-relative prefix ending with "/" or "", real dirs on this path)
-    stack: list[tuple[str, str, tuple[str, ...]]] = [(real_root, "", (real_root,))]
-    while stack:
-        directory, rel_dir, chain = stack.pop()
+    walker = _Walker(root, real_root, ignore, known)
+    stack: list[_Dir] = [(real_root, "", (real_root,))]
+    if known is not None and len(known) >= _SPLIT_MIN_KNOWN and _cpus() >= 2:
+        walker.walk(stack, limit=_SPLIT_MIN_DIRS)
+        theirs, stack = stack[1::2], stack[0::2]
+        child = _walk_in_child(_Walker(root, real_root, ignore, known), theirs) if theirs else None
+        if child is None:
+            stack += theirs
         try:
-            # Scanning a directory fd makes entry.stat() an fstatat() relative to it: a quarter
-            # cheaper than an lstat of the full path, which is most of a scan's time.
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            continue  # removed while we walked
-        except OSError as exc:
-            # Skipping it would make its files look deleted (and a mirror sync delete them).
-            raise SpecError(
-                f"cannot read directory {directory} in source {root.path}: "
-                f"{exc.strerror or exc}. To fix: make it readable, or exclude it in "
-                f"{os.path.join(real_root, SKYIGNORE)}.",
-                where=root.where,
-            ) from exc
-        base = directory + os.sep if directory != os.sep else directory
-        key_dir = prefix + rel_dir
-        try:
-            entries = os.scandir(fd)
+            walker.walk(stack)
         except BaseException:
-            os.close(fd)
+            if child is not None:  # leave no child behind
+                with contextlib.suppress(OSError):
+                    os.kill(child[0], signal.SIGKILL)
+                os.close(child[1])
+                os.waitpid(child[0], 0)
             raise
-        with entries, _FdCloser(fd):  # entry.stat() needs fd open until the loop ends
-            for entry in entries:
-                name = entry.name
-                if name == ".git":
-                    continue
-                try:
-                    # Regular files first, with as little work as possible: most entries are.
-                    if entry.is_file(follow_symlinks=False):
-                        if is_ignored is not None and is_ignored(rel_dir + name, False):
-                            res.ignored += 1
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        key = key_dir + name
-                        if known_get is not None:
-                            row = known_get(key)
-                            if (
-                                row is not None
-                                and row[2] == st.st_mtime_ns
-                                and row[1] == st.st_size
-                                and row[5] == st.st_ino
-                                and row[4] == st.st_dev
-                            ):
-                                same(key)
-                                same_bytes += row[1]
-                                continue
-                        append(
-                            LocalFile(
-                                key, base + name, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
-                            )
-                        )
-                        continue
-                    rel = rel_dir + name
-                    path = base + name
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    if is_ignored is not None and is_ignored(rel, is_dir):
-                        res.ignored += 1
-                        continue
-                    if is_dir:
-                        stack.append((path, rel + "/", (*chain, path)))
-                        continue
-                    if not entry.is_symlink():
-                        continue  # socket, FIFO, device
-                except FileNotFoundError:
-                    continue  # removed while we walked
-                # A symlink: follow it only when it resolves inside the root.
-                target = os.path.realpath(path)
-                try:
-                    st = os.stat(target)
-                except OSError:
-                    dangling.append(rel)
-                    continue
-                if not _inside(target, real_root):
-                    outside.append(rel)
-                elif stat.S_ISREG(st.st_mode):
-                    append(
-                        LocalFile(
-                            prefix + rel, target, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
-                        )
-                    )
-                elif stat.S_ISDIR(st.st_mode):
-                    if any(c == target or c.startswith(target + os.sep) for c in chain):
-                        loops.append(rel)
-                    else:
-                        stack.append((target, rel + "/", (*chain, target)))
-    res.total_bytes += same_bytes
-    if outside:
-        res.warnings.append(_aggregate("pointing outside", outside, real_root))
-    if dangling:
-        res.warnings.append(_aggregate("with missing targets in", dangling, real_root))
-    if loops:
-        res.warnings.append(_aggregate("looping back to a parent directory in", loops, real_root))
+        if child is not None:
+            state = _child_result(*child)
+            if state is None:  # the child died (killed, out of memory): walk its share here
+                walker.walk(theirs)
+            else:
+                walker.merge(state)
+    else:
+        walker.walk(stack)
+    out += walker.files
+    res.unchanged += walker.unchanged
+    res.ignored += walker.ignored
+    res.total_bytes += walker.same_bytes
+    if walker.outside:
+        res.warnings.append(_aggregate("pointing outside", walker.outside, real_root))
+    if walker.dangling:
+        res.warnings.append(_aggregate("with missing targets in", walker.dangling, real_root))
+    if walker.loops:
+        res.warnings.append(
+            _aggregate("looping back to a parent directory in", walker.loops, real_root)
+        )
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def dir_prefixes(keys: Iterable[str]) -> set[str]:
