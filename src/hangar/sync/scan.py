@@ -17,6 +17,10 @@ Contract of `scan_local`:
   reported in one aggregated warning per root and kind. Sockets, FIFOs and devices are skipped.
 - Nothing is opened here: unreadable files fail at apply time, per file. An unreadable
   directory is a SpecError (skipping it would make its files look deleted).
+- A re-scan with a large manifest (`known`, 20,000 files or more) on two or more cores walks
+  in two processes: the parent walks breadth-first until 8 directories wait, then forks a
+  child for every other one. The child sends back what it found (pickled, through a pipe) or
+  its SpecError; a child that dies without reporting has its share walked by the parent.
 """
 
 from __future__ import annotations
