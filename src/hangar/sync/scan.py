@@ -17,7 +17,7 @@ Contract of `scan_local`:
   reported in one aggregated warning per root and kind. Sockets, FIFOs and devices are skipped.
 - Nothing is opened here: unreadable files fail at apply time, per file. An unreadable
   directory is a SpecError (skipping it would make its files look deleted).
-- A re-scan with a large manifest (`known`, 20,000 files or more) on two or more cores walks
+- A re-scan with a large manifest (`known`, 20,000 files or more) on Linux with two cores walks
   in two processes: the parent walks breadth-first until 8 directories wait, then forks a
   child for every other one. The child sends back what it found (pickled, through a pipe) or
   its SpecError; a child that dies without reporting has its share walked by the parent.
@@ -31,6 +31,7 @@ import pickle
 import signal
 import stat
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -381,7 +382,7 @@ def _walk(
         res.warnings.append(warning)
     walker = _Walker(root, real_root, ignore, known)
     stack: list[_Dir] = [(real_root, "", (real_root,))]
-    if known is not None and len(known) >= _SPLIT_MIN_KNOWN and _cpus() >= 2:
+    if known is not None and len(known) >= _SPLIT_MIN_KNOWN and _can_split():
         walker.walk(stack, limit=_SPLIT_MIN_DIRS)
         theirs, stack = stack[1::2], stack[0::2]
         child = _walk_in_child(_Walker(root, real_root, ignore, known), theirs) if theirs else None
@@ -423,6 +424,12 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _can_split() -> bool:
+    """Two cores, and Linux: fork() in a process with threads is safe there for what the child
+    does (macOS's system libraries are not fork-safe that way)."""
+    return sys.platform.startswith("linux") and _cpus() >= 2
 
 
 def dir_prefixes(keys: Iterable[str]) -> set[str]:
