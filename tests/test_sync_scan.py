@@ -429,14 +429,28 @@ def test_a_walk_child_that_dies_has_its_share_walked_by_the_parent(
 
 
 def test_an_unreadable_directory_in_the_childs_share_is_the_same_error(
-    tmp_path: Path, forks: list[int]
+    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A path the kernel refuses (longer than PATH_MAX: refused even to root) in the child's
     share fails the scan with the parent's usual SpecError, and leaves no process behind."""
+    from hangar.sync import scan
+
     src = tmp_path / "src"
     _tree_for_split(src)
     known = _known(src)
-    fd = os.open(src / "d01", os.O_RDONLY)
+    # The root's directories wait in listing order; the child takes every other one from the
+    # second (checked below against what it was given).
+    dirs = [e.name for e in os.scandir(src) if e.is_dir(follow_symlinks=False)]
+    target = dirs[1]
+    shares: list[list[str]] = []
+    real_walk_in_child = scan._walk_in_child
+
+    def recording(walker: object, stack: list[tuple[str, str, tuple[str, ...]]]) -> object:
+        shares.append([os.path.basename(d) for d, _, _ in stack])
+        return real_walk_in_child(walker, stack)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan, "_walk_in_child", recording)
+    fd = os.open(src / target, os.O_RDONLY)
     try:
         for _ in range(20):  # 20 x 250 characters: over PATH_MAX (4096)
             os.mkdir("n" * 250, dir_fd=fd)
@@ -449,6 +463,6 @@ def test_an_unreadable_directory_in_the_childs_share_is_the_same_error(
         scan_local([droot(src)], known=known)
     assert "cannot read directory" in info.value.message and "To fix" in info.value.message
     assert info.value.where == "file_mounts./data.source"
-    assert len(forks) == 1
+    assert len(forks) == 1 and target in shares[0]  # the child met the long path
     with pytest.raises(ChildProcessError):
         os.waitpid(forks[0], os.WNOHANG)
