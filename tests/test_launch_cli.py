@@ -197,13 +197,14 @@ def test_storage_ls_table_and_json(tmp_path: Path) -> None:
     assert record["source"] == str(src)
 
 
-# Runs the real CLI in this interpreter, then says which heavy modules it loaded.
+# Runs the real CLI in this interpreter, then says which heavy modules it loaded (`app`, not
+# `main`: main leaves with os._exit when it can, before anything could be printed here).
 _LOADED = """
 import sys
-from hangar.cli import main
+from hangar.cli import app
 sys.argv = ["hangar", *sys.argv[1:]]
 try:
-    main()
+    app()
 except SystemExit as exc:
     code = exc.code
 print(code, "pydantic" in sys.modules, "boto3" in sys.modules, file=sys.stderr)
@@ -540,3 +541,44 @@ run: "true"
     assert result.returncode == 0, result.stderr
     with Catalog() as cat:
         assert (cat.manifest("local://manifested") is not None) is kept
+
+
+_EXIT = """
+import atexit, sys, threading
+atexit.register(lambda: print("teardown ran", file=sys.stderr))
+if sys.argv[1] == "with-thread":
+    threading.Thread(target=threading.Event().wait, args=(0.5,)).start()
+sys.argv = ["hangar", *sys.argv[2:]]
+from hangar.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["storage", "ls", "--json"], 0),
+        (["storage", "download", "ghost", "{tmp}/dl"], 1),
+        (["storage", "upload", "{tmp}/missing", "--name", "x"], 2),
+        (["storage", "nosuchcommand"], 2),
+    ],
+)
+def test_the_cli_exits_with_its_status_and_skips_teardown_only_when_safe(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    """`main` leaves with os._exit (no interpreter teardown, ~0.1 s after a large re-sync)
+    keeping the exit status and every byte of output; with another thread still running it
+    exits normally, so the thread is joined and exit handlers run."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    for mode, teardown in (("alone", False), ("with-thread", True)):
+        out = subprocess.run(
+            [sys.executable, "-c", _EXIT, mode, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert out.returncode == code, (mode, out.stderr)
+        assert ("teardown ran" in out.stderr) is teardown, (mode, out.stderr)
+        if args[:2] == ["storage", "ls"]:
+            assert json.loads(out.stdout) == []  # complete output, flushed before leaving

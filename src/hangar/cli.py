@@ -9,8 +9,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -303,7 +305,35 @@ def main() -> None:
     # Cloud SDKs log retries and warnings; Hangar reports outcomes itself, so their records are
     # not printed (Python's last-resort handler would write them to stderr, unscrubbed).
     logging.getLogger().addHandler(logging.NullHandler())
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _leave(exc.code)
+    _leave(0)
+
+
+def _leave(code: object) -> None:
+    """Exit with `code` as SystemExit would, skipping the interpreter's teardown when nothing
+    needs it. Tearing down every module and object costs ~0.1 s after a 100,000-file re-sync
+    (a tenth of it); it is skipped only when no other Python thread is running (nothing to
+    join) and Ray is not loaded (its exit handlers tell the cluster the driver is done).
+    Output is flushed first; Hangar's own state is in committed SQLite transactions."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    if threading.active_count() > 1 or "ray" in sys.modules:
+        sys.exit(status)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        status = status or 1
+    logging.shutdown()
+    os._exit(status)
 
 
 if __name__ == "__main__":
