@@ -414,14 +414,14 @@ def test_a_walk_child_that_dies_has_its_share_walked_by_the_parent(
     expected = _summary(scan_local([droot(src)], known=known))
     forks.clear()
     parent = os.getpid()
-    real_state = scan._Walker.state
+    real_dumps = scan.pickle.dumps
 
-    def dying_state(self: object) -> tuple[object, ...]:
+    def dying_dumps(obj: object, protocol: int | None = None) -> bytes:
         if os.getpid() != parent:
             os._exit(9)  # the child is killed before it reports (out of memory, a signal)
-        return real_state(self)  # type: ignore[arg-type]
+        return real_dumps(obj, protocol)
 
-    monkeypatch.setattr(scan._Walker, "state", dying_state)
+    monkeypatch.setattr(scan.pickle, "dumps", dying_dumps)
     assert _summary(scan_local([droot(src)], known=known)) == expected
     assert len(forks) == 1
     with pytest.raises(ChildProcessError):

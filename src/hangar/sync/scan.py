@@ -168,9 +168,31 @@ _SPLIT_MIN_KNOWN = 20_000
 _SPLIT_MIN_DIRS = 8  # walk breadth-first until this many directories wait, then split them
 
 
+@dataclass
+class _Found:
+    """What walking (part of) one directory root found; a child process sends its own back."""
+
+    files: list[LocalFile] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)  # keys matching `known`
+    same_bytes: int = 0  # their sizes
+    ignored: int = 0
+    outside: list[str] = field(default_factory=list)  # symlinks, by kind
+    dangling: list[str] = field(default_factory=list)
+    loops: list[str] = field(default_factory=list)
+
+    def merge(self, other: _Found) -> None:
+        self.files += other.files
+        self.unchanged += other.unchanged
+        self.same_bytes += other.same_bytes
+        self.ignored += other.ignored
+        self.outside += other.outside
+        self.dangling += other.dangling
+        self.loops += other.loops
+
+
 class _Walker:
-    """What walking one directory root finds, kept apart so that two processes can each walk
-    some of its directories and one merge the other's findings (`state`, `merge`)."""
+    """Walks directories of one root into `found`; two processes can each walk some of the
+    root's directories, one merging what the other found."""
 
     def __init__(
         self, root: LocalRoot, real_root: str, ignore: _Ignore | None, known: Known | None
@@ -182,36 +204,15 @@ class _Walker:
         self.prefix = (
             root.prefix if not root.prefix or root.prefix.endswith("/") else root.prefix + "/"
         )
-        self.files: list[LocalFile] = []
-        self.unchanged: list[str] = []
-        self.same_bytes = 0
-        self.ignored = 0
-        self.outside: list[str] = []
-        self.dangling: list[str] = []
-        self.loops: list[str] = []
-
-    def state(self) -> tuple[object, ...]:
-        return (
-            self.files, self.unchanged, self.same_bytes, self.ignored,
-            self.outside, self.dangling, self.loops,
-        )  # fmt: skip
-
-    def merge(self, state: tuple[object, ...]) -> None:
-        files, unchanged, same_bytes, ignored, outside, dangling, loops = state
-        self.files += files  # type: ignore[arg-type]
-        self.unchanged += unchanged  # type: ignore[arg-type]
-        self.same_bytes += same_bytes  # type: ignore[operator]
-        self.ignored += ignored  # type: ignore[operator]
-        self.outside += outside  # type: ignore[arg-type]
-        self.dangling += dangling  # type: ignore[arg-type]
-        self.loops += loops  # type: ignore[arg-type]
+        self.found = _Found()
 
     def walk(self, stack: list[_Dir], limit: int = 0) -> None:
         """Walk the directories on `stack` (and all below them). With `limit`, stop once that
         many directories wait on `stack`, taking them in breadth-first order meanwhile."""
         root, real_root = self.root, self.real_root
-        append = self.files.append
-        same = self.unchanged.append
+        found = self.found
+        append = found.files.append
+        same = found.unchanged.append
         is_ignored, known_get, prefix = self.is_ignored, self.known_get, self.prefix
         same_bytes = 0
         try:
@@ -247,7 +248,7 @@ class _Walker:
                             # Regular files first, with as little work as possible: most are.
                             if entry.is_file(follow_symlinks=False):
                                 if is_ignored is not None and is_ignored(rel_dir + name, False):
-                                    self.ignored += 1
+                                    found.ignored += 1
                                     continue
                                 st = entry.stat(follow_symlinks=False)
                                 key = key_dir + name
@@ -278,7 +279,7 @@ class _Walker:
                             path = base + name
                             is_dir = entry.is_dir(follow_symlinks=False)
                             if is_ignored is not None and is_ignored(rel, is_dir):
-                                self.ignored += 1
+                                found.ignored += 1
                                 continue
                             if is_dir:
                                 stack.append((path, rel + "/", (*chain, path)))
@@ -289,7 +290,7 @@ class _Walker:
                             continue  # removed while we walked
                         self._symlink(rel, path, chain, stack)
         finally:
-            self.same_bytes += same_bytes
+            found.same_bytes += same_bytes
 
     def _symlink(self, rel: str, path: str, chain: tuple[str, ...], stack: list[_Dir]) -> None:
         """Follow a symlink only when it resolves inside the root."""
@@ -297,25 +298,25 @@ class _Walker:
         try:
             st = os.stat(target)
         except OSError:
-            self.dangling.append(rel)
+            self.found.dangling.append(rel)
             return
         if not _inside(target, self.real_root):
-            self.outside.append(rel)
+            self.found.outside.append(rel)
         elif stat.S_ISREG(st.st_mode):
-            self.files.append(
+            self.found.files.append(
                 LocalFile(
                     self.prefix + rel, target, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino
                 )
             )
         elif stat.S_ISDIR(st.st_mode):
             if any(c == target or c.startswith(target + os.sep) for c in chain):
-                self.loops.append(rel)
+                self.found.loops.append(rel)
             else:
                 stack.append((target, rel + "/", (*chain, target)))
 
 
 def _walk_in_child(walker: _Walker, stack: list[_Dir]) -> tuple[int, int] | None:
-    """Fork a child that walks `stack` and writes `walker.state()` (or its error) to a pipe.
+    """Fork a child that walks `stack` and writes `walker.found` (or its error) to a pipe.
     Returns (pid, read fd), or None when no child could be started."""
     try:
         read_fd, write_fd = os.pipe()
@@ -340,7 +341,7 @@ def _walk_in_child(walker: _Walker, stack: list[_Dir]) -> tuple[int, int] | None
         os.close(read_fd)
         try:
             walker.walk(stack)
-            payload = pickle.dumps(("ok", walker.state()), pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(("ok", walker.found), pickle.HIGHEST_PROTOCOL)
         except SpecError as exc:
             payload = pickle.dumps(("spec", exc.message, exc.where), pickle.HIGHEST_PROTOCOL)
         view = memoryview(payload)
@@ -351,7 +352,7 @@ def _walk_in_child(walker: _Walker, stack: list[_Dir]) -> tuple[int, int] | None
         os._exit(code)
 
 
-def _child_result(pid: int, read_fd: int) -> tuple[object, ...] | None:
+def _child_result(pid: int, read_fd: int) -> _Found | None:
     """The child's findings (its SpecError re-raised here), or None if it produced none."""
     chunks = []
     try:
@@ -365,8 +366,8 @@ def _child_result(pid: int, read_fd: int) -> tuple[object, ...] | None:
     result = pickle.loads(b"".join(chunks))
     if result[0] == "spec":
         raise SpecError(result[1], result[2])
-    state: tuple[object, ...] = result[1]
-    return state
+    found: _Found = result[1]
+    return found
 
 
 def _walk(
@@ -398,24 +399,25 @@ def _walk(
                 os.waitpid(child[0], 0)
             raise
         if child is not None:
-            state = _child_result(*child)
-            if state is None:  # the child died (killed, out of memory): walk its share here
+            theirs_found = _child_result(*child)
+            if theirs_found is None:  # the child died (killed, out of memory): walk its share
                 walker.walk(theirs)
             else:
-                walker.merge(state)
+                walker.found.merge(theirs_found)
     else:
         walker.walk(stack)
-    out += walker.files
-    res.unchanged += walker.unchanged
-    res.ignored += walker.ignored
-    res.total_bytes += walker.same_bytes
-    if walker.outside:
-        res.warnings.append(_aggregate("pointing outside", walker.outside, real_root))
-    if walker.dangling:
-        res.warnings.append(_aggregate("with missing targets in", walker.dangling, real_root))
-    if walker.loops:
+    found = walker.found
+    out += found.files
+    res.unchanged += found.unchanged
+    res.ignored += found.ignored
+    res.total_bytes += found.same_bytes
+    if found.outside:
+        res.warnings.append(_aggregate("pointing outside", found.outside, real_root))
+    if found.dangling:
+        res.warnings.append(_aggregate("with missing targets in", found.dangling, real_root))
+    if found.loops:
         res.warnings.append(
-            _aggregate("looping back to a parent directory in", walker.loops, real_root)
+            _aggregate("looping back to a parent directory in", found.loops, real_root)
         )
 
 
