@@ -13,7 +13,8 @@ import pytest
 
 from hangar.errors import SpecError
 from hangar.models import LocalRoot
-from hangar.sync.scan import scan_local
+from hangar.sync import scan
+from hangar.sync.scan import ScanResult, scan_local
 
 
 def write(path: Path, data: str | bytes = "x") -> Path:
@@ -352,18 +353,13 @@ def _known(src: Path) -> dict[str, tuple[str, int, int | None, str | None, int |
     }
 
 
-def _summary(res: object) -> tuple[object, ...]:
-    from hangar.sync.scan import ScanResult
-
-    assert isinstance(res, ScanResult)
+def _summary(res: ScanResult) -> tuple[object, ...]:
     return (res.files, sorted(res.unchanged), res.ignored, res.total_bytes, sorted(res.warnings))
 
 
 @pytest.fixture
 def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Split every re-scan with a manifest (however small) and count the children started."""
-    from hangar.sync import scan
-
     started: list[int] = []
     real_fork = os.fork
 
@@ -382,8 +378,6 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_a_large_rescan_split_over_two_processes_finds_what_one_process_finds(
     tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hangar.sync import scan
-
     src = tmp_path / "src"
     _tree_for_split(src)
     known = _known(src)
@@ -405,8 +399,6 @@ def test_a_large_rescan_split_over_two_processes_finds_what_one_process_finds(
 def test_a_walk_child_that_dies_has_its_share_walked_by_the_parent(
     tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hangar.sync import scan
-
     src = tmp_path / "src"
     _tree_for_split(src)
     known = _known(src)
@@ -433,8 +425,6 @@ def test_an_unreadable_directory_in_the_childs_share_is_the_same_error(
 ) -> None:
     """A path the kernel refuses (longer than PATH_MAX: refused even to root) in the child's
     share fails the scan with the parent's usual SpecError, and leaves no process behind."""
-    from hangar.sync import scan
-
     src = tmp_path / "src"
     _tree_for_split(src)
     known = _known(src)
