@@ -14,7 +14,7 @@ import pytest
 from hangar.errors import SpecError
 from hangar.models import LocalRoot
 from hangar.sync import scan
-from hangar.sync.scan import ScanResult, scan_local
+from hangar.sync.scan import Known, ScanResult, scan_local
 
 
 def write(path: Path, data: str | bytes = "x") -> Path:
@@ -346,7 +346,7 @@ def _tree_for_split(src: Path) -> None:
     (src / "d06" / "loop").symlink_to(src / "d06")
 
 
-def _known(src: Path) -> dict[str, tuple[str, int, int | None, str | None, int | None, int | None]]:
+def _known(src: Path) -> Known:
     return {
         f.key: (f.key, f.size, f.mtime_ns, None, f.dev, f.ino)
         for f in scan_local([droot(src)]).files
@@ -355,6 +355,14 @@ def _known(src: Path) -> dict[str, tuple[str, int, int | None, str | None, int |
 
 def _summary(res: ScanResult) -> tuple[object, ...]:
     return (res.files, sorted(res.unchanged), res.ignored, res.total_bytes, sorted(res.warnings))
+
+
+@pytest.fixture
+def split_tree(tmp_path: Path) -> tuple[Path, Known]:
+    """The tree of `_tree_for_split` and its manifest rows, as a re-scan would get them."""
+    src = tmp_path / "src"
+    _tree_for_split(src)
+    return src, _known(src)
 
 
 @pytest.fixture
@@ -376,11 +384,9 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_a_large_rescan_split_over_two_processes_finds_what_one_process_finds(
-    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+    split_tree: tuple[Path, Known], forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    _tree_for_split(src)
-    known = _known(src)
+    src, known = split_tree
     write(src / "d01" / "f0.txt", "changed, and longer")  # changed
     write(src / "d09" / "new.txt", "new")  # new
     (src / "d10" / "f3.txt").unlink()  # gone
@@ -397,11 +403,9 @@ def test_a_large_rescan_split_over_two_processes_finds_what_one_process_finds(
 
 
 def test_a_walk_child_that_dies_has_its_share_walked_by_the_parent(
-    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+    split_tree: tuple[Path, Known], forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    _tree_for_split(src)
-    known = _known(src)
+    src, known = split_tree
     write(src / "d11" / "f2.txt", "changed in the child's share")
     expected = _summary(scan_local([droot(src)], known=known))
     forks.clear()
@@ -421,13 +425,11 @@ def test_a_walk_child_that_dies_has_its_share_walked_by_the_parent(
 
 
 def test_an_unreadable_directory_in_the_childs_share_is_the_same_error(
-    tmp_path: Path, forks: list[int], monkeypatch: pytest.MonkeyPatch
+    split_tree: tuple[Path, Known], forks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A path the kernel refuses (longer than PATH_MAX: refused even to root) in the child's
     share fails the scan with the parent's usual SpecError, and leaves no process behind."""
-    src = tmp_path / "src"
-    _tree_for_split(src)
-    known = _known(src)
+    src, known = split_tree
     # The root's directories wait in listing order; the child takes every other one from the
     # second (checked below against what it was given).
     dirs = [e.name for e in os.scandir(src) if e.is_dir(follow_symlinks=False)]

@@ -127,17 +127,14 @@ def rclone_flags(
 ) -> list[str]:
     """The mode-specific `rclone mount` flags (see the module docstring for the reasons)."""
     if mode is MountMode.MOUNT:
+        streamed = ["--dir-cache-time", "5s", "--no-checksum", "--use-server-modtime"]
         if read_only:
-            return [
-                "--vfs-cache-mode", "off", "--dir-cache-time", "5s",
-                "--no-checksum", "--use-server-modtime", "--read-only",
-            ]  # fmt: skip
+            return ["--vfs-cache-mode", "off", *streamed, "--read-only"]
         return [
             "--vfs-cache-mode", "writes",
             "--vfs-write-back", "0s",
             "--vfs-cache-max-size", DEFAULT_CACHE_MAX_SIZE,
-            "--dir-cache-time", "5s",
-            "--no-checksum", "--use-server-modtime",
+            *streamed,
         ]  # fmt: skip
     if mode is not MountMode.MOUNT_CACHED:
         raise MountError(f"mode {mode} is not a FUSE mount (COPY downloads instead)")

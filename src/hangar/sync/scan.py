@@ -215,82 +215,80 @@ class _Walker:
         same = found.unchanged.append
         is_ignored, known_get, prefix = self.is_ignored, self.known_get, self.prefix
         same_bytes = 0
-        try:
-            while stack and not (limit and len(stack) >= limit):
-                directory, rel_dir, chain = stack.pop(0 if limit else -1)
-                try:
-                    # Scanning a directory fd makes entry.stat() an fstatat() relative to it: a
-                    # quarter cheaper than an lstat of the full path, most of a scan's time.
-                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-                except FileNotFoundError:
-                    continue  # removed while we walked
-                except OSError as exc:
-                    # Skipping it would make its files look deleted (a mirror sync delete them).
-                    raise SpecError(
-                        f"cannot read directory {directory} in source {root.path}: "
-                        f"{exc.strerror or exc}. To fix: make it readable, or exclude it in "
-                        f"{os.path.join(real_root, SKYIGNORE)}.",
-                        where=root.where,
-                    ) from exc
-                base = directory + os.sep if directory != os.sep else directory
-                key_dir = prefix + rel_dir
-                try:
-                    entries = os.scandir(fd)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                with entries, _FdCloser(fd):  # entry.stat() needs fd open until the loop ends
-                    for entry in entries:
-                        name = entry.name
-                        if name == ".git":
-                            continue
-                        try:
-                            # Regular files first, with as little work as possible: most are.
-                            if entry.is_file(follow_symlinks=False):
-                                if is_ignored is not None and is_ignored(rel_dir + name, False):
-                                    found.ignored += 1
-                                    continue
-                                st = entry.stat(follow_symlinks=False)
-                                key = key_dir + name
-                                if known_get is not None:
-                                    row = known_get(key)
-                                    if (
-                                        row is not None
-                                        and row[2] == st.st_mtime_ns
-                                        and row[1] == st.st_size
-                                        and row[5] == st.st_ino
-                                        and row[4] == st.st_dev
-                                    ):
-                                        same(key)
-                                        same_bytes += row[1]
-                                        continue
-                                append(
-                                    LocalFile(
-                                        key,
-                                        base + name,
-                                        st.st_size,
-                                        st.st_mtime_ns,
-                                        st.st_dev,
-                                        st.st_ino,
-                                    )
-                                )
-                                continue
-                            rel = rel_dir + name
-                            path = base + name
-                            is_dir = entry.is_dir(follow_symlinks=False)
-                            if is_ignored is not None and is_ignored(rel, is_dir):
+        while stack and not (limit and len(stack) >= limit):
+            directory, rel_dir, chain = stack.pop(0 if limit else -1)
+            try:
+                # Scanning a directory fd makes entry.stat() an fstatat() relative to it: a
+                # quarter cheaper than an lstat of the full path, most of a scan's time.
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue  # removed while we walked
+            except OSError as exc:
+                # Skipping it would make its files look deleted (a mirror sync delete them).
+                raise SpecError(
+                    f"cannot read directory {directory} in source {root.path}: "
+                    f"{exc.strerror or exc}. To fix: make it readable, or exclude it in "
+                    f"{os.path.join(real_root, SKYIGNORE)}.",
+                    where=root.where,
+                ) from exc
+            base = directory + os.sep if directory != os.sep else directory
+            key_dir = prefix + rel_dir
+            try:
+                entries = os.scandir(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            with entries, _FdCloser(fd):  # entry.stat() needs fd open until the loop ends
+                for entry in entries:
+                    name = entry.name
+                    if name == ".git":
+                        continue
+                    try:
+                        # Regular files first, with as little work as possible: most are.
+                        if entry.is_file(follow_symlinks=False):
+                            if is_ignored is not None and is_ignored(rel_dir + name, False):
                                 found.ignored += 1
                                 continue
-                            if is_dir:
-                                stack.append((path, rel + "/", (*chain, path)))
-                                continue
-                            if not entry.is_symlink():
-                                continue  # socket, FIFO, device
-                        except FileNotFoundError:
-                            continue  # removed while we walked
-                        self._symlink(rel, path, chain, stack)
-        finally:
-            found.same_bytes += same_bytes
+                            st = entry.stat(follow_symlinks=False)
+                            key = key_dir + name
+                            if known_get is not None:
+                                row = known_get(key)
+                                if (
+                                    row is not None
+                                    and row[2] == st.st_mtime_ns
+                                    and row[1] == st.st_size
+                                    and row[5] == st.st_ino
+                                    and row[4] == st.st_dev
+                                ):
+                                    same(key)
+                                    same_bytes += row[1]
+                                    continue
+                            append(
+                                LocalFile(
+                                    key,
+                                    base + name,
+                                    st.st_size,
+                                    st.st_mtime_ns,
+                                    st.st_dev,
+                                    st.st_ino,
+                                )
+                            )
+                            continue
+                        rel = rel_dir + name
+                        path = base + name
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        if is_ignored is not None and is_ignored(rel, is_dir):
+                            found.ignored += 1
+                            continue
+                        if is_dir:
+                            stack.append((path, rel + "/", (*chain, path)))
+                            continue
+                        if not entry.is_symlink():
+                            continue  # socket, FIFO, device
+                    except FileNotFoundError:
+                        continue  # removed while we walked
+                    self._symlink(rel, path, chain, stack)
+        found.same_bytes += same_bytes
 
     def _symlink(self, rel: str, path: str, chain: tuple[str, ...], stack: list[_Dir]) -> None:
         """Follow a symlink only when it resolves inside the root."""
