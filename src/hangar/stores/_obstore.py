@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import hashlib
 import os
 import re
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -33,6 +31,7 @@ from typing import Any
 import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.exceptions import PermissionDeniedError, PreconditionError, UnauthenticatedError
+from zlib_ng.zlib_ng import crc32, crc32_combine
 
 from hangar.errors import (
     AccessDenied,
@@ -94,47 +93,17 @@ _CRC32_HEX = re.compile(r"^[0-9a-f]{8}$")
 
 
 class _Crc32:
-    """CRC-32 (zlib) with hashlib's update/hexdigest, for checking downloads."""
+    """CRC-32 (zlib's polynomial, computed by zlib-ng) with hashlib's update/hexdigest, for
+    checking downloads."""
 
     def __init__(self) -> None:
         self.value = 0
 
     def update(self, data: Any) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = crc32(data, self.value)
 
     def hexdigest(self) -> str:
         return f"{self.value:08x}"
-
-
-def _gf2_times(matrix: Sequence[int], vector: int) -> int:
-    total, i = 0, 0
-    while vector:
-        if vector & 1:
-            total ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return total
-
-
-@functools.lru_cache(maxsize=8)
-def _crc32_shift(length: int) -> tuple[int, ...]:
-    """The GF(2) operator that advances a CRC-32 over `length` zero bytes (zlib's
-    crc32_combine, with the operator kept so that ranges of one size share it)."""
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
-    op = [1 << n for n in range(32)]  # identity
-    bits = length * 8
-    while bits:
-        if bits & 1:
-            op = [_gf2_times(odd, v) for v in op]
-        bits >>= 1
-        if bits:
-            odd = [_gf2_times(odd, v) for v in odd]
-    return tuple(op)
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A+B from crc1 = CRC-32(A), crc2 = CRC-32(B) and len2 = len(B)."""
-    return _gf2_times(_crc32_shift(len2), crc1) ^ crc2 if len2 else crc1
 
 
 def _combined_crc32(crcs: Sequence[int], step: int, size: int) -> str:
@@ -142,13 +111,13 @@ def _combined_crc32(crcs: Sequence[int], step: int, size: int) -> str:
     of `step` bytes (the last one shorter)."""
     total = 0
     for start, crc in zip(range(0, size, step), crcs, strict=True):
-        total = crc32_combine(total, crc, min(step, size - start))
+        total = crc32_combine(total, crc, min(step, size - start))  # zlib-ng's, in C
     return f"{total:08x}"
 
 
 def file_crc32(path: Path, workers: int = 0) -> str:
     """CRC-32 of a file's content as 8 hex digits: streamed, in `workers` slices read and
-    summed in parallel (default: one per CPU; zlib releases the GIL) and then combined, as it
+    summed in parallel (default: one per CPU; zlib-ng releases the GIL) and then combined, as it
     is computed before a large upload starts, while nothing else runs."""
     size = os.stat(path).st_size
     workers = max(1, min(workers or os.cpu_count() or 1, size // DOWNLOAD_CHUNK))
@@ -160,7 +129,7 @@ def file_crc32(path: Path, workers: int = 0) -> str:
             end, crc = min(start + step, size), 0
             view = memoryview(bytearray(min(DOWNLOAD_CHUNK, max(1, end - start))))
             while start < end and (n := os.preadv(fd, [view[: end - start]], start)):
-                crc = zlib.crc32(view[:n], crc)
+                crc = crc32(view[:n], crc)
                 start += n
             return crc
 
@@ -402,7 +371,7 @@ class ObstoreDataPlane:
         attributes = {
             self.meta_mtime: str(meta.mtime_ns),
             self.meta_md5: md5,
-            self.meta_crc32: f"{zlib.crc32(data):08x}",  # what downloads check: 5x cheaper
+            self.meta_crc32: f"{crc32(data):08x}",  # what downloads check: 5x cheaper
         }
         for attempt in (1, 2):
             try:
@@ -513,7 +482,7 @@ class ObstoreDataPlane:
                     pos += n
                     view = view[n:]
                 if algo == "crc32":
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
                 progress(len(chunk))
             if pos != end:
                 raise StoreError(
