@@ -156,6 +156,48 @@ def test_without_rclone_the_error_names_the_fix(
         pass
 
 
+def test_mounts_use_mount2_unless_told_or_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangar_home: Path
+) -> None:
+    rclone = _rclone.find_rclone()
+    monkeypatch.delenv("HANGAR_RCLONE_MOUNT", raising=False)
+    assert _rclone.mount_command(rclone) == "mount2"  # the bundled rclone has it
+    assert _rclone.mount_command(str(_rclone_without_mount2(tmp_path))) == "mount"
+    monkeypatch.setenv("HANGAR_RCLONE_MOUNT", "mount")
+    assert _rclone.mount_command(rclone) == "mount"
+    # A wrong value is refused before anything is made: no log, no cache, nothing mounted.
+    monkeypatch.setenv("HANGAR_RCLONE_MOUNT", "fuse3")
+    store = LocalStore("badcmd")
+    store.create_bucket()
+    target = tmp_path / "mnt"
+    target.mkdir()
+    with (
+        pytest.raises(MountError, match=r"HANGAR_RCLONE_MOUNT=fuse3 .* To fix: set it to mount2"),
+        fuse_mount(store, MountSpec(str(target), "badcmd", MountMode.MOUNT, "x"), progress=Notes()),
+    ):
+        pass
+    assert list(target.iterdir()) == []
+    assert not (hangar_home / "logs" / "mounts").exists() or not any(
+        (hangar_home / "logs" / "mounts").iterdir()
+    )
+    assert_clean(hangar_home, target)
+
+
+def _rclone_without_mount2(tmp_path: Path) -> Path:
+    """An rclone as a build without `mount2` behaves: the real binary for everything else."""
+    fake = tmp_path / "old-rclone" / "rclone"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = mount2 ]; then\n'
+        '  echo \'Error: unknown command "mount2" for "rclone"\' >&2; exit 1\n'
+        "fi\n"
+        f'exec {_rclone.find_rclone()} "$@"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
 # -- fuse_mount on real mounts ---------------------------------------------------------------------
 
 
@@ -222,6 +264,33 @@ def test_mount_writes_reach_the_bucket_on_close(tmp_path: Path, hangar_home: Pat
         new_obj = store.bucket_path / "out/deep/new.bin"
         wait_for(lambda: new_obj.exists() and new_obj.read_bytes() == payload, what="upload")
     assert (store.bucket_path / "old.txt").read_bytes() == b"012abc6789!"
+    assert_clean(hangar_home, target)
+
+
+@needs_fuse
+@pytest.mark.parametrize("why", ["chosen", "no-mount2"])
+def test_classic_rclone_mount_reads_and_writes(
+    why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangar_home: Path
+) -> None:
+    """`rclone mount` (bazil FUSE) still serves MOUNT when HANGAR_RCLONE_MOUNT asks for it or
+    the rclone binary has no `mount2`; the rest of this file runs on `mount2`."""
+    if why == "chosen":
+        monkeypatch.setenv("HANGAR_RCLONE_MOUNT", "mount")
+    else:
+        monkeypatch.delenv("HANGAR_RCLONE_MOUNT", raising=False)
+        monkeypatch.setenv("HANGAR_RCLONE", str(_rclone_without_mount2(tmp_path)))
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    store = _bucket("classic", {"in.bin": data})
+    target = tmp_path / "mnt"
+    target.mkdir()
+    spec = MountSpec(str(target), "classic", MountMode.MOUNT, "x")
+    with fuse_mount(store, spec, progress=Notes()):
+        [pid] = rclone_pids(hangar_home)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[1] == b"mount"
+        assert (target / "in.bin").read_bytes() == data
+        (target / "out.bin").write_bytes(data[::-1])
+    assert (store.bucket_path / "out.bin").read_bytes() == data[::-1]
     assert_clean(hangar_home, target)
 
 
@@ -366,7 +435,7 @@ def test_rclone_failing_to_start_gives_argv_and_log_tail(tmp_path: Path, hangar_
     err = info.value
     assert "rclone exited with status" in str(err)
     assert "no-such-backend" in err.log_tail
-    assert err.argv[1] == "mount" and str(target) in err.argv
+    assert err.argv[1] == "mount2" and str(target) in err.argv
     assert SECRET not in str(err) and SECRET not in " ".join(err.argv)
     assert_clean(hangar_home, target)
 

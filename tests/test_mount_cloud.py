@@ -124,7 +124,7 @@ run: |
     )
     assert set(cmdlines) == fuse_paths
     for argv in cmdlines.values():
-        assert os.path.basename(argv[0]) == "rclone" and argv[1] == "mount"
+        assert os.path.basename(argv[0]) == "rclone" and argv[1] == "mount2"
         for secret in _secrets(backend):
             assert secret not in " ".join(argv)
     assert not m.exists()
