@@ -682,6 +682,23 @@ def test_hashing_reader_hashes_each_byte_once_in_order(tmp_path: Path) -> None:
         assert reader.md5() is None
 
 
+def test_hashing_reader_hands_out_cache_sized_pieces(tmp_path: Path) -> None:
+    """obstore asks for whole parts; the reader gives at most READ_PIECE at a time (a short
+    read, which file semantics allow), and everything arrives in order up to EOF."""
+    from hangar.stores._common import READ_PIECE, HashingReader
+
+    data = os.urandom(2 * READ_PIECE + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    got: list[int] = []
+    with open(path, "rb") as raw:
+        reader = HashingReader(raw, got.append)
+        pieces = [reader.read(16 * 1024 * 1024) for _ in range(4)]
+        assert [len(p) for p in pieces] == [READ_PIECE, READ_PIECE, 5, 0]
+        assert b"".join(pieces) == data and sum(got) == len(data)
+        assert reader.md5() == hashlib.md5(data).hexdigest()
+
+
 def test_crc32_of_ranges_combines_into_the_crc32_of_the_file() -> None:
     import random
     import zlib

@@ -167,11 +167,19 @@ class ProgressReader:
         self._raw.close()
 
 
+# What one HashingReader.read returns at most. obstore asks for a whole part (16 MiB) and
+# takes shorter reads; a piece that stays in the CPU's cache while it is hashed and copied
+# into obstore's part buffer cost 0.15-0.3 CPU-s less per GiB uploaded than a 16 MiB one
+# (4.71 against 4.87 CPU-s, means of six 1 GiB uploads each; perf: obstore's copy 0.3 -> 0.14 s).
+READ_PIECE = 1024 * 1024
+
+
 class HashingReader(ProgressReader):
     """A ProgressReader that also computes the MD5 of the file's bytes as the client reads
     them, so an upload learns the checksum of exactly what it sent without reading the file a
     second time. Bytes read again after a seek back (a resent part) are hashed once; `md5()`
-    is None when the client skipped ahead or did not start at the beginning."""
+    is None when the client skipped ahead or did not start at the beginning. `read` returns
+    at most READ_PIECE bytes (file semantics allow short reads; obstore loops)."""
 
     def __init__(self, raw: BinaryIO, progress: Progress) -> None:
         super().__init__(raw, progress)
@@ -189,7 +197,8 @@ class HashingReader(ProgressReader):
 
     def read(self, size: int | None = -1) -> bytes:
         start = self._raw.tell()
-        data = self._raw.read(-1 if size is None else size)
+        size = READ_PIECE if size is None or not 0 <= size <= READ_PIECE else size
+        data = self._raw.read(size)
         self._hash(start, data)
         self._report()
         return data
