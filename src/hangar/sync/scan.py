@@ -36,12 +36,13 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import NamedTuple
-
-from pathspec import GitIgnoreSpec
+from typing import TYPE_CHECKING, NamedTuple
 
 from hangar.errors import SpecError
 from hangar.models import LocalRoot
+
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 SKYIGNORE = ".skyignore"
 _WARN_NAMES = 5  # how many paths a warning names before "..."
@@ -131,6 +132,8 @@ def _load_ignore(root: str, where: str) -> tuple[_Ignore, str | None]:
             "To fix: make it readable, or remove it.",
             where=where,
         ) from exc
+    from pathspec import GitIgnoreSpec  # only a source with a .skyignore pays its import
+
     return _Ignore(spec=GitIgnoreSpec.from_lines(lines)), None
 
 
