@@ -40,4 +40,7 @@ ruff format --check .
 echo "== mypy"
 mypy
 echo "== pytest"
+# Hangar's bytecode, written once as `pip install` would: the suite starts `hangar` hundreds
+# of times, and with PYTHONDONTWRITEBYTECODE set (as on these VMs) each would compile it anew.
+python -m compileall -q src/hangar >/dev/null
 python -m pytest -q "$@"
