@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,37 +140,54 @@ class Bench:
         if first.seconds > self.args.max_case_seconds and self.args.repeat > 1:
             res.note = f"n=1 (first run over {self.args.max_case_seconds:.0f}s)"
             return 1
-        return self.args.repeat
+        return int(self.args.repeat)
+
+    def rounds(self, cells: dict[str, Result], one: Callable[[str, int], Run | None]) -> None:
+        """Run every tool's cell `--repeat` times, round-robin (A, B, C, then A, B, C again),
+        so that no tool always runs first after a case that changed the machine's state (page
+        cache to refill, memory the host took back). `one(tool, r)` makes run r; a failed run
+        (None, or an error set on the cell) ends that tool's cell, and a first run slower than
+        --max-case-seconds ends it after one."""
+        n = dict.fromkeys(cells, 1)
+        for r in range(self.args.repeat):
+            for tool, res in cells.items():
+                if r >= n[tool]:
+                    continue
+                run = one(tool, r)
+                if run is None or res.error:
+                    n[tool] = 0
+                elif r == 0:
+                    n[tool] = self.repeats(res, run)
 
     # -- cases -------------------------------------------------------------------------------
     def case_upload(self, name: str) -> None:
         w = self.sizes[name]
         src = self.data[name]
-        for tool in self.tools:
-            if self.args.upload_tools and tool not in self.args.upload_tools.split(","):
-                continue
-            res = Result("upload", name, tool, w.files, w.total_bytes)
-            self.results.append(res)
-            n, r = 1, 0
-            while r < n:
-                bucket = self.bucket(name, tool, str(r))
-                if tool == "hangar":
-                    home = self.work / f"home-{name}-{r}"
-                    argv = self.clients.hangar_upload(src, bucket)
-                    env = self.clients.hangar_env(home)
-                else:
-                    self.clients.create_bucket(bucket)
-                    argv = self.clients.peer_upload(tool, src, bucket)
-                    env = self.clients.env(tool)
-                run = self.run(res, argv, env)
-                if run is None:
-                    break
-                if r == 0:
-                    n = self.repeats(res, run)
+        only = self.args.upload_tools.split(",") if self.args.upload_tools else self.tools
+        cells = {
+            t: Result("upload", name, t, w.files, w.total_bytes) for t in self.tools if t in only
+        }
+        self.results.extend(cells.values())
+
+        def one(tool: str, r: int) -> Run | None:
+            bucket = self.bucket(name, tool, str(r))
+            if tool == "hangar":
+                home = self.work / f"home-{name}-{r}"
+                argv = self.clients.hangar_upload(src, bucket)
+                env = self.clients.hangar_env(home)
+            else:
+                self.clients.create_bucket(bucket)
+                argv = self.clients.peer_upload(tool, src, bucket)
+                env = self.clients.env(tool)
+            run = self.run(cells[tool], argv, env)
+            if run is not None:
                 self.buckets[(name, tool)] = bucket
                 if tool == "hangar":
                     self.homes[name] = home
-                r += 1
+            return run
+
+        self.rounds(cells, one)
+        for tool, res in cells.items():
             last = self.buckets.get((name, tool))
             if last and not res.error:
                 count = self.clients.count_objects(last)
@@ -199,6 +217,8 @@ class Bench:
 
     def case_nochange(self, name: str) -> None:
         w = self.sizes[name]
+        cells: dict[str, Result] = {}
+        cmds: dict[str, tuple[list[str], dict[str, str]]] = {}
         for tool in self.tools:
             res = Result("nochange", name, tool, w.files, w.total_bytes)
             self.results.append(res)
@@ -206,14 +226,8 @@ class Bench:
             if cmd is None:
                 res.error = "no uploaded bucket to re-sync (run the upload case first)"
                 continue
-            n, r = 1, 0
-            while r < n:
-                run = self.run(res, *cmd)
-                if run is None:
-                    break
-                if r == 0:
-                    n = self.repeats(res, run)
-                r += 1
+            cells[tool], cmds[tool] = res, cmd
+        self.rounds(cells, lambda tool, r: self.run(cells[tool], *cmds[tool]))
 
     def case_onepct(self, name: str) -> None:
         """Change 1% of the files, then let each tool re-sync; and, as the target's yardstick,
@@ -258,34 +272,33 @@ class Bench:
 
     def case_download(self, name: str) -> None:
         w = self.sizes[name]
+        cells: dict[str, Result] = {}
         for tool in self.tools:
             res = Result("download", name, tool, w.files, w.total_bytes)
             self.results.append(res)
-            bucket = self.buckets.get((name, tool))
-            if bucket is None:
+            if (name, tool) not in self.buckets:
                 res.error = "no uploaded bucket to download"
                 continue
-            n, r = 1, 0
-            while r < n:
-                dest = self.work / f"dl-{name}-{tool}-{r}"
-                if tool == "hangar":
-                    env = self.clients.hangar_env(self.homes[name])
-                    argv = self.clients.hangar_download(bucket, dest)
-                else:
-                    env = self.clients.env(tool)
-                    argv = self.clients.peer_download(tool, bucket, dest)
-                    dest.mkdir()
-                run = self.run(res, argv, env)
-                got = wl.file_count(dest) if dest.exists() else 0
-                shutil.rmtree(dest, ignore_errors=True)
-                if run is None:
-                    break
-                if got != w.files:
-                    res.error = f"downloaded {got} files, expected {w.files}"
-                    break
-                if r == 0:
-                    n = self.repeats(res, run)
-                r += 1
+            cells[tool] = res
+
+        def one(tool: str, r: int) -> Run | None:
+            bucket = self.buckets[(name, tool)]
+            dest = self.work / f"dl-{name}-{tool}-{r}"
+            if tool == "hangar":
+                env = self.clients.hangar_env(self.homes[name])
+                argv = self.clients.hangar_download(bucket, dest)
+            else:
+                env = self.clients.env(tool)
+                argv = self.clients.peer_download(tool, bucket, dest)
+                dest.mkdir()
+            run = self.run(cells[tool], argv, env)
+            got = wl.file_count(dest) if dest.exists() else 0
+            shutil.rmtree(dest, ignore_errors=True)
+            if run is not None and got != w.files:
+                cells[tool].error = f"downloaded {got} files, expected {w.files}"
+            return run
+
+        self.rounds(cells, one)
 
     def case_mount(self, name: str) -> None:
         w = self.sizes[name]
