@@ -371,7 +371,7 @@ class ObstoreDataPlane:
         attributes = {
             self.meta_mtime: str(meta.mtime_ns),
             self.meta_md5: md5,
-            self.meta_crc32: f"{crc32(data):08x}",  # what downloads check: 5x cheaper
+            self.meta_crc32: f"{crc32(data):08x}",  # what downloads check: ~15x cheaper than an MD5
         }
         for attempt in (1, 2):
             try:
