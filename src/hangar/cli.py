@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hangar import __version__
+from hangar._malloc import keep_freed_memory
 from hangar.cli_mount import register as register_mount
 from hangar.errors import HangarError, SpecError
 
@@ -302,6 +303,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    keep_freed_memory()  # transfers reuse their buffers' memory (see hangar._malloc)
     # Cloud SDKs log retries and warnings; Hangar reports outcomes itself, so their records are
     # not printed (Python's last-resort handler would write them to stderr, unscrubbed).
     logging.getLogger().addHandler(logging.NullHandler())

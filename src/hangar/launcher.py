@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from hangar._malloc import release_freed_memory
 from hangar.catalog import Catalog
 from hangar.config import logs_dir
 from hangar.errors import BucketExists, BucketNotFound, HangarError, SpecError, StorageNotFound
@@ -260,6 +261,7 @@ def launch(
         if address is not None:
             from hangar.executors.ray import run_on_cluster
 
+            release_freed_memory()  # the uploads are done; the task runs while we wait
             return run_on_cluster(
                 task,
                 [(m, attached[m.storage].url) for m in task.mounts],
@@ -275,6 +277,7 @@ def launch(
         mounts: list[tuple[MountSpec, Store]] = [(m, attached[m.storage]) for m in task.mounts]
         with attach_all(mounts, task.copies, progress):
             progress.note(f"task {task_id}: logs in {log_dir}")
+            release_freed_memory()  # the transfers are done; the task runs beside us
             return run_task(
                 setup=task.setup,
                 run=task.run,

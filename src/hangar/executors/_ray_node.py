@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager, ExitStack
 from functools import partial
 from typing import Any, BinaryIO, TextIO, cast
 
+from hangar._malloc import keep_freed_memory, release_freed_memory
 from hangar.errors import HangarError, SpecError
 from hangar.executors._ray_wire import GO, STOP, NodeJob, event, out_event
 from hangar.stores.base import Store
@@ -214,6 +215,7 @@ def _run(job: NodeJob, channel: _Channel, control: _Control) -> int:
     with ExitStack() as stack:
         try:
             _attachments(job, progress, stack)
+            release_freed_memory()  # the transfers are done; the task runs beside us
             channel.send(event("attached"))
             while not control.go.wait(0.2):
                 if control.stopped.is_set():
@@ -262,6 +264,7 @@ def run_node() -> int:
         return 1
     job = NodeJob.loads(first)
     os.environ.update(job.env)
+    keep_freed_memory()  # COPY downloads reuse their buffers' memory (see hangar._malloc)
     code = 1
     try:
         _redirect_stderr(job)
