@@ -130,16 +130,20 @@ def test_without_fuse_the_error_names_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hangar_home: Path
 ) -> None:
     monkeypatch.setattr(_rclone, "FUSE_DEVICE", str(tmp_path / "no-such-device"))
-    store = LocalStore("nofuse")
+    _refused(tmp_path, "nofuse", r"apt-get install fuse3")
+
+
+def _refused(tmp_path: Path, bucket: str, match: str) -> Path:
+    """Mounting a fresh local bucket fails with `match`, leaving the mount point empty."""
+    store = LocalStore(bucket)
     store.create_bucket()
     target = tmp_path / "mnt"
     target.mkdir()
-    with (
-        pytest.raises(MountError, match=r"apt-get install fuse3"),
-        fuse_mount(store, MountSpec(str(target), "nofuse", MountMode.MOUNT, "x"), progress=Notes()),
-    ):
+    spec = MountSpec(str(target), bucket, MountMode.MOUNT, "x")
+    with pytest.raises(MountError, match=match), fuse_mount(store, spec, progress=Notes()):
         pass
     assert list(target.iterdir()) == []
+    return target
 
 
 def test_without_rclone_the_error_names_the_fix(
@@ -167,16 +171,7 @@ def test_mounts_use_mount2_unless_told_or_unavailable(
     assert _rclone.mount_command(rclone) == "mount"
     # A wrong value is refused before anything is made: no log, no cache, nothing mounted.
     monkeypatch.setenv("HANGAR_RCLONE_MOUNT", "fuse3")
-    store = LocalStore("badcmd")
-    store.create_bucket()
-    target = tmp_path / "mnt"
-    target.mkdir()
-    with (
-        pytest.raises(MountError, match=r"HANGAR_RCLONE_MOUNT=fuse3 .* To fix: set it to mount2"),
-        fuse_mount(store, MountSpec(str(target), "badcmd", MountMode.MOUNT, "x"), progress=Notes()),
-    ):
-        pass
-    assert list(target.iterdir()) == []
+    target = _refused(tmp_path, "badcmd", r"HANGAR_RCLONE_MOUNT=fuse3 .* To fix: set it to mount2")
     assert not (hangar_home / "logs" / "mounts").exists() or not any(
         (hangar_home / "logs" / "mounts").iterdir()
     )
