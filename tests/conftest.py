@@ -7,6 +7,7 @@ Cloud backends (s3, gcs, azure) come from `servers/plugin.py`, which starts real
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,15 @@ pytest_plugins = ["servers.plugin"]
 
 STORE_TYPES = ["local", "s3", "gcs", "azure"]
 CLOUD_TYPES = ["s3", "gcs", "azure"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is part of what the suite tests (in this process and in the `hangar` processes it
+    starts). A non-interactive shell starts a background job (`cmd &`) with SIGINT ignored,
+    which Python then keeps, and which children inherit across exec; a caught signal is reset
+    to the default at exec instead. So the suite catches SIGINT as Python normally does."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
