@@ -378,7 +378,7 @@ def forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return pid
 
     monkeypatch.setattr(scan, "_SPLIT_MIN_KNOWN", 1)
-    monkeypatch.setattr(scan, "_cpus", lambda: 2)
+    monkeypatch.setattr(scan, "usable_cpus", lambda: 2)
     monkeypatch.setattr(scan.os, "fork", counting_fork)
     return started
 

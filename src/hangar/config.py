@@ -102,6 +102,15 @@ def default_store() -> str:
     return canonical_store_type(value) if value else DEFAULT_STORE
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container or `taskset` may allow
+    fewer than the machine has), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def env_seconds(name: str, default: float, error: type[Exception] = SpecError) -> float:
     """A positive number of seconds from the environment variable `name`, else `default`;
     anything else raises `error` naming the variable and an example."""

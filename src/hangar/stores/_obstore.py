@@ -33,6 +33,7 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.exceptions import PermissionDeniedError, PreconditionError, UnauthenticatedError
 from zlib_ng.zlib_ng import crc32, crc32_combine
 
+from hangar.config import usable_cpus
 from hangar.errors import (
     AccessDenied,
     BucketNotFound,
@@ -117,10 +118,10 @@ def _combined_crc32(crcs: Sequence[int], step: int, size: int) -> str:
 
 def file_crc32(path: Path, workers: int = 0) -> str:
     """CRC-32 of a file's content as 8 hex digits: streamed, in `workers` slices read and
-    summed in parallel (default: one per CPU; zlib-ng releases the GIL) and then combined, as it
-    is computed before a large upload starts, while nothing else runs."""
+    summed in parallel (default: one per usable CPU; zlib-ng releases the GIL) and then
+    combined, as it is computed before a large upload starts, while nothing else runs."""
     size = os.stat(path).st_size
-    workers = max(1, min(workers or os.cpu_count() or 1, size // DOWNLOAD_CHUNK))
+    workers = max(1, min(workers or usable_cpus(), size // DOWNLOAD_CHUNK))
     step = -(-size // workers) or 1
     with open(path, "rb", buffering=0) as fh:
         fd = fh.fileno()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple
 
+from hangar.config import usable_cpus
 from hangar.errors import SpecError
 from hangar.models import LocalRoot
 
@@ -422,17 +423,10 @@ def _walk(
         )
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _can_split() -> bool:
     """Two cores, and Linux: fork() in a process with threads is safe there for what the child
     does (macOS's system libraries are not fork-safe that way)."""
-    return sys.platform.startswith("linux") and _cpus() >= 2
+    return sys.platform.startswith("linux") and usable_cpus() >= 2
 
 
 def dir_prefixes(keys: Iterable[str]) -> set[str]:
