@@ -357,7 +357,9 @@ def test_keyboard_interrupt_cancels_pending_work_and_reraises(
 def test_bucket_not_found_aborts_the_whole_apply(src: Path, tmp_path: Path) -> None:
     s = LocalStore("later-deleted", root=tmp_path / "buckets")
     s.create_bucket()
-    plan = make_plan(scan_local(roots(src)).files, {}, mirror=False, md5_of=lambda f: "0")
+    plan = make_plan(
+        scan_local(roots(src)).files, {}, mirror=False, md5_of=lambda f: "0", crc32_of=lambda f: "0"
+    )
     s.delete_bucket()
     with pytest.raises(BucketNotFound):
         apply_plan(plan, s, checksums=ChecksumCache(tmp_path / "c.db"), progress=Recorder())
@@ -368,7 +370,7 @@ def test_bucket_not_found_aborts_the_whole_apply(src: Path, tmp_path: Path) -> N
 
 def test_file_changed_after_scan_fails_that_file_only(src: Path, store: LocalStore) -> None:
     scan = scan_local(roots(src))
-    plan = make_plan(scan.files, {}, mirror=False, md5_of=lambda f: "0")
+    plan = make_plan(scan.files, {}, mirror=False, md5_of=lambda f: "0", crc32_of=lambda f: "0")
     write(src / "a.txt", "rewritten after the scan")
     (src / "b" / "b.txt").unlink()
     with ChecksumCache() as cache, pytest.raises(UploadError) as err:

@@ -3,16 +3,22 @@ rule (hangar.sync.manifest), and it never hides a local change."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import Backend
+from conftest import unique_bucket
 
 import hangar
 from hangar.catalog import Catalog
 from hangar.stores.local import LocalStore
+
+MiB = 1024 * 1024
 
 
 class ListCounting(LocalStore):
@@ -130,3 +136,59 @@ def test_failed_sync_and_deleted_storage_forget_the_manifest(
         assert cat.manifest(url) is None
     # A new bucket of the same name starts without a manifest: everything is sent.
     assert _sent(st) == 2
+
+
+def test_large_file_sent_in_parts_is_compared_by_its_recorded_checksum(
+    cloud: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file sent in parts whose MD5 is not known records a CRC-32 and no MD5 on S3 and Azure
+    (see Store.put_file). A re-sync compares a touched one with that checksum, from the
+    manifest and from a listing (S3: a HEAD per multipart object), and sends it again only
+    when its content changed; the manifest then holds the new object's checksum."""
+    from hangar.sync.plan import SAME_CHECKSUM
+
+    monkeypatch.setenv("HANGAR_PART_SIZE", "5MiB")
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "model.bin"
+
+    def write(data: bytes, mtime_ns: int) -> None:
+        big.write_bytes(data)
+        os.utime(big, ns=(mtime_ns, mtime_ns))  # old: not "racy"
+
+    def recorded(data: bytes) -> str:
+        if cloud.store_type == "gcs":  # GCS computes the MD5 before sending
+            return hashlib.md5(data).hexdigest()
+        return f"crc32:{zlib.crc32(data):08x}"
+
+    def manifest_checksum() -> str:
+        with Catalog() as cat:
+            record = cat.get(st.name)
+            assert record is not None
+            found = cat.manifest(record.stores[0].url)
+        assert found is not None
+        [row] = found[1]
+        return str(row[3])
+
+    first = os.urandom(6 * MiB + 5)
+    write(first, 10**18)
+    st = hangar.Storage(name=unique_bucket("crc"), source=str(src), stores=[cloud.store_type])
+    assert _sent(st) == 1
+    assert manifest_checksum() == recorded(first)
+
+    write(first, 10**18 + 1)  # touched: same content, new mtime
+    [report] = st.upload()
+    assert report.result is not None and report.result.uploaded == 0
+    assert [i.reason for i in report.plan.items] == [SAME_CHECKSUM]
+    write(first, 10**18 + 2)  # and again, compared with a listing of the bucket
+    [report] = st.upload(full=True)
+    assert report.result is not None and report.result.uploaded == 0
+    assert [i.reason for i in report.plan.items] == [SAME_CHECKSUM]
+
+    second = os.urandom(len(first))  # same size, new content
+    write(second, 10**18 + 3)
+    assert _sent(st) == 1
+    assert manifest_checksum() == recorded(second)  # not the replaced object's
+    write(second, 10**18 + 4)
+    assert _sent(st) == 0
+    assert cloud.objects(st.name) == {"model.bin": second}  # the cloud's own client

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS manifests (
 """
 
 _MANIFEST_VERSION = 1
-# One manifest row: key, size, source mtime_ns (None: do not trust it), md5, dev, ino.
+# One manifest row: key, size, source mtime_ns (None: do not trust it), checksum (an MD5, or
+# "crc32:<hex>": see ObjectInfo.checksum), dev, ino.
 ManifestRow = tuple[str, int, int | None, str | None, int | None, int | None]
 
 

@@ -180,6 +180,7 @@ def plan_launch(task: Task, cluster: str | None = None) -> LaunchPlan:
                     remote,  # type: ignore[arg-type]
                     mirror=spec.sync is SyncPolicy.MIRROR,
                     md5_of=checksums.md5,
+                    crc32_of=checksums.crc32,
                 )
             plans.append(sp)
     return LaunchPlan(task, plans)

@@ -28,7 +28,14 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from hangar.errors import AccessDenied, BucketExists, BucketNotFound, HangarError, StoreError
-from hangar.stores._common import control_retries, parse_int, parse_md5, scrub, short_cause
+from hangar.stores._common import (
+    control_retries,
+    parse_crc32,
+    parse_int,
+    parse_md5,
+    scrub,
+    short_cause,
+)
 from hangar.stores._obstore import ObstoreDataPlane
 from hangar.stores.base import Capabilities, ObjectInfo, RcloneRemote
 from hangar.stores.settings import AzureSettings, resolve_azure
@@ -232,8 +239,9 @@ class AzureStore(ObstoreDataPlane):
 
     # -- listing -----------------------------------------------------------------------------
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Objects under the store prefix + `prefix`, with the recorded mtime and md5 (or the
-        service's Content-MD5 for blobs Hangar did not write). Raises BucketNotFound."""
+        """Objects under the store prefix + `prefix`, with the recorded mtime, MD5 (or the
+        service's Content-MD5 for blobs Hangar did not write) and CRC-32. Raises
+        BucketNotFound."""
         cut = len(self.prefix)
         try:
             blobs = self.container().list_blobs(
@@ -251,6 +259,7 @@ class AzureStore(ObstoreDataPlane):
                     md5=parse_md5(meta.get(self.meta_md5))
                     or (bytes(content_md5).hex() if content_md5 else None),
                     etag=blob.etag,
+                    crc32=parse_crc32(meta.get(self.meta_crc32)),
                 )
         except (AzureError, HttpResponseError) as exc:
             raise self._azure_error(exc, "list") from None

@@ -18,10 +18,13 @@ from typing import Protocol, runtime_checkable
 # store spells them with underscores: hangar_mtime_ns, hangar_md5, hangar_crc32).
 META_MTIME = "hangar-mtime-ns"
 META_CHECKSUM = "hangar-md5"
-# What S3 and Azure objects record besides the MD5 (or, for a multipart upload whose MD5 is
-# computed while sending, instead of it), and what downloads check, at a fifth of an MD5's
-# cost: CRC-32 (zlib), 8 hex digits.
+# What S3 and Azure objects record besides the MD5 (or, for a multipart upload of a file whose
+# MD5 is not known yet, instead of it), and what downloads check, at a fifteenth of an MD5's
+# cost: CRC-32 (zlib's polynomial), 8 hex digits.
 META_CRC32 = "hangar-crc32"
+# How a CRC-32 is spelled where one string holds either checksum (ObjectInfo.checksum, the
+# re-sync manifest): "crc32:" + 8 hex digits; an MD5 is its 32 hex digits alone.
+CRC32_TAG = "crc32:"
 
 # Called with the number of bytes just transferred (a delta, not a running total).
 Progress = Callable[[int], None]
@@ -51,8 +54,8 @@ class FileMeta:
     """What Hangar records about the source file in the object's metadata."""
 
     mtime_ns: int
-    # Hex MD5 of the file's content; None when not known yet: put_file then computes it (from
-    # the bytes it sends, where the store can) and returns it in ObjectInfo.md5.
+    # Hex MD5 of the file's content; None when not known yet: put_file then records the
+    # checksum it can compute cheapest (see Store.put_file) and returns it in ObjectInfo.
     md5: str | None
 
 
@@ -63,8 +66,26 @@ class ObjectInfo:
     key: str
     size: int
     mtime_ns: int | None = None  # source mtime recorded by Hangar, if any
-    md5: str | None = None  # content checksum recorded by Hangar, if any
+    md5: str | None = None  # content MD5 recorded by Hangar (or a single-part ETag), if any
     etag: str | None = None
+    crc32: str | None = None  # content CRC-32 recorded by Hangar (8 hex digits), if any
+
+    @property
+    def checksum(self) -> str | None:
+        """The content checksum to compare a local file with: the MD5 when known, else the
+        CRC-32 spelled "crc32:<hex>" (see CRC32_TAG), else None."""
+        if self.md5:
+            return self.md5
+        return CRC32_TAG + self.crc32 if self.crc32 else None
+
+    @classmethod
+    def with_checksum(
+        cls, key: str, size: int, mtime_ns: int | None, checksum: str | None
+    ) -> ObjectInfo:
+        """The object a manifest row describes: `checksum` as `ObjectInfo.checksum` spells it."""
+        if checksum and checksum.startswith(CRC32_TAG):
+            return cls(key, size, mtime_ns, crc32=checksum[len(CRC32_TAG) :])
+        return cls(key, size, mtime_ns, checksum or None)
 
 
 @dataclass(frozen=True)
@@ -122,8 +143,10 @@ class Store(Protocol):
         """Upload a local file to `key`, atomically: readers see the old object or the new one.
 
         Records `meta` in the object's metadata. Streams (memory does not grow with file size).
-        Returns the object's info, with the MD5 of the content sent (also when `meta.md5` was
-        None: see FileMeta).
+        Returns the object's info with a checksum of the content sent (`ObjectInfo.checksum`
+        is not None): the MD5 (`meta.md5`, else computed), except for a file sent in parts
+        whose MD5 was not known, where the obstore stores record only a CRC-32 (an MD5 is
+        serial, 0.6 GB/s here: it would cap a large upload, and its CPU slowed it).
         """
         ...
 

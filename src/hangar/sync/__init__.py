@@ -94,7 +94,7 @@ def sync_up(
     cache = checksums if checksums is not None else ChecksumCache()
     try:
         _prefetch_checksums(checksum_candidates(files, remote), cache, workers)
-        plan = make_plan(files, remote, mirror=mirror, md5_of=cache.md5)
+        plan = make_plan(files, remote, mirror=mirror, md5_of=cache.md5, crc32_of=cache.crc32)
         plan.unchanged = unchanged
         if dry_run:
             return SyncReport(plan=plan, result=None, scan=scan)
@@ -105,7 +105,9 @@ def sync_up(
                 manifest.forget()  # the next sync lists the bucket to see what got there
             raise
         if manifest is not None:
-            manifest.record(plan, cache.known, scan_started_ns=scan_started_ns, listed_at=listed_at)
+            manifest.record(
+                plan, cache.known, result.sent, scan_started_ns=scan_started_ns, listed_at=listed_at
+            )
         return SyncReport(plan=plan, result=result, scan=scan)
     finally:
         if checksums is None:

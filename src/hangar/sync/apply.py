@@ -48,6 +48,8 @@ class ApplyResult:
     deleted: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     retries: int = 0
+    # key -> the checksum the store recorded for the bytes uploaded (ObjectInfo.checksum)
+    sent: dict[str, str] = field(default_factory=dict)
 
 
 class UploadError(SyncError):
@@ -210,8 +212,9 @@ def apply_plan(
     """Upload the plan's UPLOAD items, then delete its DELETE items if nothing failed.
 
     A file whose MD5 `checksums` does not know yet is not read for it beforehand: the store
-    computes it from the bytes it sends, and it is recorded in `checksums` (for the manifest
-    and the next run) when the file did not change meanwhile.
+    computes a checksum while it sends (see Store.put_file); an MD5 is recorded in `checksums`
+    (for the next run) when the file did not change meanwhile, and every upload's checksum is
+    in the result's `sent` (for the manifest).
 
     Raises UploadError (a SyncError, with `.failures` and `.result`) when any file failed.
     """
@@ -250,6 +253,8 @@ def apply_plan(
         with lock:
             result.uploaded += 1
             result.bytes_sent += f.size
+            if info.checksum is not None:
+                result.sent[f.key] = info.checksum
         progress.file_done(f.key)
 
     progress.start(label or f"upload {store.url}", len(uploads), plan.bytes_to_send)

@@ -1,4 +1,4 @@
-"""Decide, per key, what a sync does: pure, no I/O except through the `md5_of` callback.
+"""Decide, per key, what a sync does: pure, no I/O except through the checksum callbacks.
 
 The equality rule lives here and only here; see `make_plan`.
 """
@@ -105,6 +105,7 @@ def make_plan(
     *,
     mirror: bool,
     md5_of: Callable[[LocalFile], str],
+    crc32_of: Callable[[LocalFile], str],
 ) -> Plan:
     """Compare local files with the bucket listing (keys unique on each side).
 
@@ -114,14 +115,16 @@ def make_plan(
     2. sizes differ -> UPLOAD "size changed";
     3. same size and the bucket recorded the same mtime_ns -> SKIP "unchanged";
     4. same size, mtime differs or was not recorded:
-       the bucket recorded a checksum -> compare it with ``md5_of(local)``:
+       the bucket recorded a checksum -> compare it with the local file's: the MD5
+       (``md5_of(local)``) when one was recorded, else the CRC-32 (``crc32_of(local)``; a file
+       uploaded in parts records only that, see Store.put_file):
        equal -> SKIP "unchanged (same checksum)", else UPLOAD "content changed";
        no checksum recorded -> UPLOAD "cannot verify (no checksum)".
 
-    `md5_of` is called only in case 4 with a recorded checksum, so unchanged files (by mtime)
-    and resized files are never read; if it raises OSError the file is planned for upload
-    ("cannot read to compare") and apply reports the error for that file. Keys only in the
-    bucket become DELETE "only in bucket" when `mirror`, else SKIP "only in bucket (kept)"
+    The callbacks are called only in case 4 with a recorded checksum, so unchanged files (by
+    mtime) and resized files are never read; if one raises OSError the file is planned for
+    upload ("cannot read to compare") and apply reports the error for that file. Keys only in
+    the bucket become DELETE "only in bucket" when `mirror`, else SKIP "only in bucket (kept)"
     (listed so a dry run can show them).
     """
     items: list[PlanItem] = []
@@ -136,13 +139,17 @@ def make_plan(
             append(PlanItem(f.key, upload, SIZE_CHANGED, f, obj))
         elif obj.mtime_ns == f.mtime_ns:
             append(PlanItem(f.key, skip, UNCHANGED, f, obj))
-        elif obj.md5:
+        elif obj.md5 or obj.crc32:
             try:
-                digest = md5_of(f)
+                same = (
+                    md5_of(f).lower() == obj.md5.lower()
+                    if obj.md5
+                    else crc32_of(f).lower() == str(obj.crc32).lower()
+                )
             except OSError:  # unreadable or vanished: apply will report it for this file
                 append(PlanItem(f.key, upload, UNREADABLE, f, obj))
                 continue
-            if digest.lower() == obj.md5.lower():
+            if same:
                 append(PlanItem(f.key, skip, SAME_CHECKSUM, f, obj))
             else:
                 append(PlanItem(f.key, upload, CONTENT_CHANGED, f, obj))
@@ -161,8 +168,9 @@ def make_plan(
 def checksum_candidates(
     local: Sequence[LocalFile], remote: Mapping[str, ObjectInfo]
 ) -> list[LocalFile]:
-    """The files `make_plan` will pass to `md5_of` (step 4 with a recorded checksum), so a
-    caller can compute their checksums in parallel beforehand."""
+    """The files `make_plan` will pass to `md5_of` (step 4 with a recorded MD5), so a caller
+    can compute their MD5s in parallel beforehand (a CRC-32 is computed in parallel slices by
+    `crc32_of` itself)."""
     out = []
     for f in local:
         obj = remote.get(f.key)

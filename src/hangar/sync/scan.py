@@ -159,7 +159,7 @@ class _FdCloser:
         os.close(self.fd)
 
 
-# What `known` maps a key to: (key, size, mtime_ns, md5, dev, ino), a manifest row.
+# What `known` maps a key to: (key, size, mtime_ns, checksum, dev, ino), a manifest row.
 Known = Mapping[str, tuple[str, int, int | None, str | None, int | None, int | None]]
 # A directory still to walk: (real path, key-relative prefix ending with "/" or "", real dirs
 # on the path from the root, for loop detection).
