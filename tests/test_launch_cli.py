@@ -207,18 +207,23 @@ try:
     app()
 except SystemExit as exc:
     code = exc.code
-loaded = [m in sys.modules for m in ("pydantic", "boto3", "pathspec")]
-print(code, *loaded, file=sys.stderr)
+heavy = ("pydantic", "boto3", "pathspec", "rich", "filelock")
+print(code, *[m for m in heavy if m in sys.modules], file=sys.stderr)
 """
 
 
 def test_commands_without_a_spec_do_not_load_pydantic(tmp_path: Path) -> None:
     """Work counted, not time: `storage ls` and `storage download` (a COPY on its own) do not
     import pydantic (~0.15 s), which only the task spec needs; nor does the CLI framework pull
-    it in to parse options. Nor boto3, nor pathspec (only a source with a .skyignore needs it)."""
+    it in to parse options. Nor boto3, nor pathspec (only a source with a .skyignore needs it);
+    a download without a terminal loads neither rich (~40 ms; `ls` prints a table with it) nor
+    filelock (~20 ms; it takes no lock)."""
     src = make_tree(tmp_path / "src", {"a": "12345", "b/c": "678"})
     assert hangar("storage", "upload", str(src), "--name", "light").returncode == 0
-    for args in (["storage", "ls"], ["storage", "download", "light", str(tmp_path / "dl")]):
+    for args, loaded in (
+        (["storage", "ls"], "0 rich"),
+        (["storage", "download", "light", str(tmp_path / "dl")], "0"),
+    ):
         out = subprocess.run(
             [sys.executable, "-c", _LOADED, *args],
             capture_output=True,
@@ -226,7 +231,41 @@ def test_commands_without_a_spec_do_not_load_pydantic(tmp_path: Path) -> None:
             timeout=120,
             cwd=REPO,
         )
-        assert out.stderr.strip().splitlines()[-1] == "0 False False False", (args, out.stderr)
+        assert out.stderr.strip().splitlines()[-1] == loaded, (args, out.stderr)
+    assert (tmp_path / "dl" / "b" / "c").read_text() == "678"
+
+
+def test_a_terminal_gets_a_live_progress_bar(tmp_path: Path) -> None:
+    """On a terminal, upload and download draw rich's bar (bytes, files, rate, ETA) on stderr;
+    rich is imported only then, so this is the test that it still is."""
+    import pty
+
+    src = make_tree(tmp_path / "src", {"a": "12345", "b/c": "678"})
+    for args in (
+        ["storage", "upload", str(src), "--name", "tty"],
+        ["storage", "download", "tty", str(tmp_path / "dl")],
+    ):
+        main, child = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hangar.cli", *args],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child,
+            env={**os.environ, "COLUMNS": "250"},  # a new pty has no size: room for every column
+        )  # fmt: skip
+        os.close(child)
+        seen = b""
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            seen += data
+        os.close(main)
+        assert proc.wait(timeout=120) == 0, seen
+        text = seen.decode(errors="replace")
+        assert "\x1b[" in text and "━" in text, text  # rich's bar, not plain lines
+        assert "2/2 files" in text and "8/8 bytes" in text, text
     assert (tmp_path / "dl" / "b" / "c").read_text() == "678"
 
 

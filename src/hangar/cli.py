@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from hangar import __version__
 from hangar._malloc import keep_freed_memory
@@ -156,6 +154,9 @@ def storage_ls(
         if not records:
             _err("No storages yet. Create one with `hangar launch` or `hangar storage upload`.")
             return
+        from rich.console import Console  # here only: ~40 ms of every command's start-up
+        from rich.table import Table
+
         table = Table(box=None, header_style="bold")
         for column in ("NAME", "UPDATED", "STORES", "SOURCE", "SIZE", "STATUS"):
             table.add_column(column)

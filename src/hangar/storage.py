@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from hangar.catalog import Catalog, Status
 from hangar.config import default_store, hangar_home
 from hangar.errors import BucketExists, BucketNotFound, HangarError, StorageNotFound
@@ -44,6 +42,8 @@ def open_stores(spec: StorageSpec) -> list[Store]:
 @contextmanager
 def storage_lock(name: str, progress: ProgressSink) -> Iterator[None]:
     """Serialise work on one storage across processes; say so when we have to wait."""
+    from filelock import FileLock, Timeout  # here only: ~20 ms, and a download takes no lock
+
     locks = hangar_home() / "locks"
     locks.mkdir(mode=0o700, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -8,18 +8,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich is imported only for a terminal: ~40 ms of every command's start-up
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 def human_bytes(n: float) -> str:
@@ -42,6 +35,15 @@ class RichProgress:
         self._total_files = 0
 
     def start(self, label: str, total_files: int, total_bytes: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         with self._lock:
             self._files = 0
             self._total_files = total_files
@@ -152,5 +154,7 @@ class PlainProgress:
 def make_progress(quiet: bool = False) -> RichProgress | PlainProgress:
     """Rich bar on a terminal; plain lines when stderr is not a terminal."""
     if sys.stderr.isatty() and not quiet:
+        from rich.console import Console
+
         return RichProgress(Console(stderr=True))
     return PlainProgress(sys.stderr)
