@@ -1255,7 +1255,50 @@ BAD: list[tuple[str, str, str, str]] = [
     ("orig-relative-mount", "storage: [{name: bkt-a}]\nstorage_mounts: "
      "[{storage: bkt-a, mount_path: mnt}]\n", "storage_mounts[0].mount_path", "relative"),
     ("orig-bad-name", "storage: [{name: UPPER-bkt}]\n", "storage[0].name", "not valid"),
+    ("orig-name-number", "storage: [{name: 42}]\n", "storage[0].name",
+     "expected a string, got a number (42)"),
+    ("orig-persistent-yes", "storage: [{name: bkt-a, persistent: 'yes'}]\n",
+     "storage[0].persistent", "expected true or false, got a string ('yes')"),
+    ("orig-entry-typo", "storage: [{name: bkt-a, sourse: ~/x}]\n", "storage[0].sourse",
+     "Did you mean 'source'?"),
+    ("orig-entry-int-key", "storage: [{name: bkt-a, 5: x}]\n", "storage[0]",
+     "keys must be strings"),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "bkt", None, 5, [], {3: "x"}, {"nmae": "a"}, {"name": 5}, {"name": True},
+        {"persistent": "yes"}, {"persistent": 1}, {"name": 5, "persistent": "no"},
+        {"name": 5, "extra": 1}, {"zzz": 1, "name": 5}, {"name": None, "persistent": None},
+    ],
+)  # fmt: skip
+def test_hand_checked_storage_entry_says_what_pydantic_would(value: object) -> None:
+    """The `storage:` entry is checked by hand (no pydantic for `storage upload`); it must
+    refuse exactly what the same pydantic shape refuses, with the same message and place."""
+    from pydantic import ConfigDict
+
+    from hangar.spec_messages import RawStorageEntry
+    from hangar.spec_schema import _Raw, validate_raw
+
+    class Shape(_Raw):
+        model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+        name: str | None = None
+        source: object = None
+        store: object = None
+        force_stores: object = None
+        persistent: bool | None = None
+        sync: object = None
+
+    def outcome(check: object) -> tuple[str, str] | dict[str, object]:
+        try:
+            got = check(value, "storage[0]")  # type: ignore[operator]
+        except SpecError as exc:
+            return (exc.where or "", exc.message)
+        return {k: getattr(got, k) for k in Shape.model_fields}
+
+    assert outcome(RawStorageEntry.check) == outcome(lambda v, w: validate_raw(Shape, v, w))
 
 
 @pytest.mark.parametrize(("yaml_text", "where", "fragment"), [c[1:] for c in BAD],

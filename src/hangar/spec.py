@@ -23,8 +23,8 @@ from hangar.errors import SpecError
 from hangar.models import Task
 from hangar.spec_env import EnvScope, build_env_scope
 from hangar.spec_merge import build_storages, check_mount_paths
+from hangar.spec_messages import describe, did_you_mean
 from hangar.spec_paths import local_path
-from hangar.spec_schema import describe, did_you_mean
 from hangar.spec_storage import (
     Collected,
     read_file_mounts,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hangar.errors import SpecError
-from hangar.spec_schema import describe
+from hangar.spec_messages import describe
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ${NAME}, an unclosed or malformed ${...}, or $NAME. A lone "$" is left as it is.

@@ -1,4 +1,5 @@
 """The raw shapes of task-YAML mappings (pydantic), and their errors as `SpecError`.
+(The flat `storage:` entry is checked by hand, without pydantic: `hangar.spec_messages`.)
 
 These models check keys and types only: unknown keys, a string where a mapping belongs, a
 boolean written as ``yes``. Meaning (paths, stores, merging) lives in `hangar.spec_storage`.
@@ -8,15 +9,15 @@ hand, so that every message names one YAML path and one fix.
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hangar.errors import SpecError
+from hangar.spec_messages import check_mapping, describe, join_where, unknown_key_message
 
 
 class _Raw(BaseModel):
@@ -66,17 +67,6 @@ class RawFileMountStorage(_Raw):
     sync: object = None  # "additive" | "mirror"
 
 
-class RawStorageEntry(_Raw):
-    """One entry of the original dialect's top-level ``storage:``."""
-
-    name: str | None = None
-    source: object = None
-    store: object = None
-    force_stores: object = None
-    persistent: bool | None = None
-    sync: object = None
-
-
 class RawStorageMount(_Raw):
     """One entry of the original dialect's top-level ``storage_mounts:``."""
 
@@ -91,57 +81,11 @@ M = TypeVar("M", bound=BaseModel)
 
 def validate_raw(model: type[M], value: object, where: str) -> M:
     """`value` validated as `model`, or SpecError naming the first problem's YAML path."""
-    if not isinstance(value, Mapping):
-        raise SpecError(
-            f"expected a mapping (key: value pairs), got {describe(value)}. "
-            f"To fix: write a mapping with the keys {', '.join(model.model_fields)}.",
-            where=where,
-        )
-    bad_keys = [k for k in value if not isinstance(k, str)]
-    if bad_keys:
-        raise SpecError(
-            f"keys must be strings, got {describe(bad_keys[0])}. To fix: write a key name.",
-            where=where,
-        )
+    value = check_mapping(value, list(model.model_fields), where)
     try:
         return model.model_validate(dict(value))
     except ValidationError as exc:
         raise _convert(model, exc, where) from None
-
-
-def did_you_mean(key: str, candidates: Sequence[str]) -> str:
-    """`` Did you mean 'x'?`` for a close candidate, else ``""``."""
-    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def unknown_key_message(key: str, candidates: Sequence[str]) -> str:
-    hint = did_you_mean(key, candidates)
-    if not hint:
-        hint = f" Allowed keys: {', '.join(candidates)}."
-    return f"unknown key {key!r}.{hint}"
-
-
-def describe(value: object) -> str:
-    """A value for a message: its YAML kind and, when short, the value itself."""
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
-    if value is None:
-        return "null (nothing)"
-    for typ, kind in kinds.items():
-        if type(value) is typ:
-            return f"{kind} ({value!r})" if len(repr(value)) <= 60 else kind
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
-
-
-def join_where(base: str, loc: Sequence[str | int]) -> str:
-    out = base
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _convert(model: type[BaseModel], exc: ValidationError, where: str) -> SpecError:

@@ -11,7 +11,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hangar.errors import SpecError
 from hangar.models import (
@@ -23,18 +23,16 @@ from hangar.models import (
     SyncPolicy,
 )
 from hangar.spec_env import EnvScope
+from hangar.spec_messages import RawStorageEntry, describe, did_you_mean
 from hangar.spec_paths import local_path, mount_path, no_trailing_slash
-from hangar.spec_schema import (
-    RawFileMountStorage,
-    RawMountCachedOptions,
-    RawStorageConfig,
-    RawStorageEntry,
-    RawStorageMount,
-    describe,
-    did_you_mean,
-    validate_raw,
-)
 from hangar.stores.uri import ParsedUri, canonical_store_type, parse_uri, uri_scheme
+
+if TYPE_CHECKING:  # pydantic (hangar.spec_schema) is loaded only for the mappings that need it
+    from hangar.spec_schema import (
+        RawFileMountStorage,
+        RawMountCachedOptions,
+        RawStorageConfig,
+    )
 
 Dialect = Literal["file_mounts", "storage"]
 
@@ -107,6 +105,8 @@ def read_file_mounts(raw: object, scope: EnvScope, cwd: str, out: Collected) -> 
         if isinstance(value, str):
             _plain_file_mount(path, value, where, scope, cwd, out)
         elif isinstance(value, Mapping):
+            from hangar.spec_schema import RawFileMountStorage, validate_raw
+
             entry = validate_raw(RawFileMountStorage, value, where)
             decl = _declare(entry, where, scope, cwd, "file_mounts")
             mode = _mode(entry.mode, f"{where}.mode")
@@ -140,7 +140,7 @@ def read_storage(raw: object, scope: EnvScope, cwd: str, out: Collected) -> None
     """The original dialect's `storage:` (a list, or one mapping). Names must be unique."""
     seen: dict[str, str] = {}
     for where, value in _entries(raw, "storage"):
-        entry = validate_raw(RawStorageEntry, value, where)
+        entry = RawStorageEntry.check(value, where)
         decl = _declare(entry, where, scope, cwd, "storage")
         if decl.name in seen:
             raise SpecError(
@@ -157,7 +157,10 @@ def read_storage_mounts(raw: object, scope: EnvScope, out: Collected) -> None:
     """The original dialect's `storage_mounts:`; call after every storage is declared."""
     declared = {d.name: d for d in out.decls if d.where.startswith("storage")}
     names = list(dict.fromkeys(d.name for d in out.decls))
-    for where, value in _entries(raw, "storage_mounts"):
+    entries = _entries(raw, "storage_mounts")
+    if entries:
+        from hangar.spec_schema import RawStorageMount, validate_raw
+    for where, value in entries:
         entry = validate_raw(RawStorageMount, value, where)
         name = scope.substitute(entry.storage, f"{where}.storage")
         if name not in names:
