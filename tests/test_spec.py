@@ -1277,19 +1277,19 @@ BAD: list[tuple[str, str, str, str]] = [
 def test_hand_checked_storage_entry_says_what_pydantic_would(value: object) -> None:
     """The `storage:` entry is checked by hand (no pydantic for `storage upload`); it must
     refuse exactly what the same pydantic shape refuses, with the same message and place."""
-    from pydantic import ConfigDict
+    import dataclasses
+    import typing
+
+    from pydantic import create_model
 
     from hangar.spec_messages import RawStorageEntry
     from hangar.spec_schema import _Raw, validate_raw
 
-    class Shape(_Raw):
-        model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-        name: str | None = None
-        source: object = None
-        store: object = None
-        force_stores: object = None
-        persistent: bool | None = None
-        sync: object = None
+    hints = typing.get_type_hints(RawStorageEntry)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], f.default) for f in dataclasses.fields(RawStorageEntry)
+    }
+    Shape = create_model("Shape", __base__=_Raw, **fields)  # the same shape, as pydantic checks it
 
     def outcome(check: object) -> tuple[str, str] | dict[str, object]:
         try:
