@@ -3,10 +3,10 @@ the local tree with it instead of listing the bucket (100,000 objects = 100 LIST
 
 Rows live in the catalog (`manifest` table, keyed by store URL and key): size, the source mtime_ns,
 checksum (the MD5, or the CRC-32 of a file uploaded in parts), device and inode of the file that
-was sent. A manifest is written only by a sync that
-finished without any failure: rebuilt whole after a sync that listed the bucket, updated with the
-files sent (or found unchanged by checksum) after one that trusted it. Any failed, interrupted or
-cancelled sync forgets it, and so do creating the bucket and forgetting the store.
+was sent. A manifest is written only by a sync that finished without any failure: rebuilt whole
+after a sync that listed the bucket, updated with the files sent (or found unchanged by checksum)
+after one that trusted it. Any failed, interrupted or cancelled sync forgets it, and so do
+creating the bucket and forgetting the store.
 
 The trust rule (when a sync uses the manifest instead of a listing), all of:
 
@@ -21,9 +21,9 @@ The trust rule (when a sync uses the manifest instead of a listing), all of:
 What it protects: every local change is still seen. Each file is stat'ed and compared with the
 row of what was sent: size, then mtime_ns, device and inode must all match for a skip; else the
 content's checksum decides (an MD5 is cached, so unchanged files are not re-read; a CRC-32 is
-read again, at ~10 GB/s per core). A row whose mtime
-was within `RACY_NS` of the scan (the file could change again within one timestamp tick) keeps no
-mtime, so that file is compared by checksum next time.
+read again, at ~10 GB/s per core). A row whose mtime was within `RACY_NS` of the scan (the file
+could change again within one timestamp tick) keeps no mtime, so that file is compared by
+checksum next time.
 
 What it does not see (until the next full listing, at most `max_age` later, or ``--full``): an
 object that someone else (another machine, a writable mount, the cloud console) deleted or
