@@ -661,6 +661,19 @@ def test_a_large_object_replaced_during_a_ranged_download_fails_cleanly(
     assert list(out.parent.iterdir()) == []
 
 
+def test_s3_test_server_takes_as_many_buckets_whatever_the_free_disk(s3_server: Any) -> None:
+    """Each bucket gets volumes of its own; SeaweedFS's default cap is the free GiB at start,
+    which made the suite's ~50th bucket fail with "no free volumes left" on a fuller disk."""
+    import json
+    import urllib.request
+
+    from servers.seaweedfs import MAX_VOLUMES
+
+    with urllib.request.urlopen(f"{s3_server.master}/dir/status", timeout=10) as response:
+        topology = json.load(response)["Topology"]
+    assert topology["Max"] == MAX_VOLUMES
+
+
 def test_piece_reader_hands_out_cache_sized_pieces(tmp_path: Path) -> None:
     """obstore asks for whole parts; the reader gives at most READ_PIECE at a time (a short
     read, which file semantics allow), and everything arrives in order up to EOF."""

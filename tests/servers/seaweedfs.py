@@ -27,10 +27,14 @@ PUBLIC_PREFIX = "public-"
 OTHER_PREFIX = "other-"
 
 
+MAX_VOLUMES = 1000
+
+
 @dataclass
 class SeaweedServer:
     process: ServerProcess
     endpoint: str  # http://127.0.0.1:PORT
+    master: str = ""  # http://127.0.0.1:PORT of its master (volume topology)
 
     def client(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> object:
         """A boto3 S3 client for this server (the test's own view, never Hangar's)."""
@@ -90,7 +94,12 @@ def _launch(workdir: Path) -> SeaweedServer:
         weed, f"-logdir={workdir / 'logs'}", "mini",
         f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={p[1]}", f"-master.port.grpc={p[2]}", "-master.telemetry=false",
-        f"-volume.port={p[3]}", f"-volume.port.grpc={p[4]}",
+        # Every bucket is a collection with volumes of its own, and by default the volume
+        # server allows as many volumes as the disk has free GiB at start (1 GiB volumes): on
+        # a machine with ~48 GiB free the suite's ~50th bucket got "no free volumes left"
+        # (HTTP 500). Volumes are created on demand and their files grow as written, so a
+        # fixed, generous count costs nothing and no longer depends on the machine.
+        f"-volume.port={p[3]}", f"-volume.port.grpc={p[4]}", f"-volume.max={MAX_VOLUMES}",
         f"-filer.port={p[5]}", f"-filer.port.grpc={p[6]}",
         f"-filer.localSocket={workdir / 'filer.sock'}",
         f"-s3.port={s3_port}", f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -101,7 +110,7 @@ def _launch(workdir: Path) -> SeaweedServer:
     ]  # fmt: skip
     proc = ServerProcess("seaweedfs", argv, workdir, workdir / "server.log")
     proc.start()
-    server = SeaweedServer(proc, f"http://127.0.0.1:{s3_port}")
+    server = SeaweedServer(proc, f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{p[1]}")
     try:
         proc.wait_until(lambda: http_ok(f"{server.endpoint}/healthz"), 60, "S3 health")
         client = server.client()
