@@ -52,6 +52,16 @@ def join_where(base: str, loc: Sequence[str | int]) -> str:
     return out
 
 
+def not_a_string(value: object) -> str:
+    """The message for a value where a string belongs (a pydantic shape's or the hand check's)."""
+    return f"expected a string, got {describe(value)}. To fix: quote the value."
+
+
+def not_a_bool(value: object) -> str:
+    """The message for a value where true or false belongs."""
+    return f"expected true or false, got {describe(value)}. To fix: write true or false."
+
+
 def check_mapping(value: object, keys: Sequence[str], where: str) -> Mapping[str, object]:
     """`value` as a mapping with string keys, or SpecError saying which `keys` it takes."""
     if not isinstance(value, Mapping):
@@ -91,13 +101,7 @@ class RawStorageEntry:
                 raise SpecError(unknown_key_message(key, keys), join_where(where, [key]))
         name, persistent = entry.get("name"), entry.get("persistent")
         if name is not None and type(name) is not str:
-            raise SpecError(
-                f"expected a string, got {describe(name)}. To fix: quote the value.",
-                join_where(where, ["name"]),
-            )
+            raise SpecError(not_a_string(name), join_where(where, ["name"]))
         if persistent is not None and type(persistent) is not bool:
-            raise SpecError(
-                f"expected true or false, got {describe(persistent)}. To fix: write true or false.",
-                join_where(where, ["persistent"]),
-            )
+            raise SpecError(not_a_bool(persistent), join_where(where, ["persistent"]))
         return cls(**entry)  # type: ignore[arg-type]

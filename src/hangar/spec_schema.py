@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hangar.errors import SpecError
-from hangar.spec_messages import check_mapping, describe, join_where, unknown_key_message
+from hangar.spec_messages import (
+    check_mapping,
+    describe,
+    join_where,
+    not_a_bool,
+    not_a_string,
+    unknown_key_message,
+)
 
 
 class _Raw(BaseModel):
@@ -107,13 +114,9 @@ def _convert(model: type[BaseModel], exc: ValidationError, where: str) -> SpecEr
             here,
         )
     if kind == "bool_type":
-        return SpecError(
-            f"expected true or false, got {describe(value)}. To fix: write true or false.", here
-        )
+        return SpecError(not_a_bool(value), here)
     if kind == "string_type":
-        return SpecError(
-            f"expected a string, got {describe(value)}. To fix: quote the value.", here
-        )
+        return SpecError(not_a_string(value), here)
     if kind in ("int_type", "int_from_float"):
         return SpecError(
             f"expected a whole number, got {describe(value)}. To fix: write a number without "

@@ -157,10 +157,9 @@ def read_storage_mounts(raw: object, scope: EnvScope, out: Collected) -> None:
     """The original dialect's `storage_mounts:`; call after every storage is declared."""
     declared = {d.name: d for d in out.decls if d.where.startswith("storage")}
     names = list(dict.fromkeys(d.name for d in out.decls))
-    entries = _entries(raw, "storage_mounts")
-    if entries:
+    for where, value in _entries(raw, "storage_mounts"):
         from hangar.spec_schema import RawStorageMount, validate_raw
-    for where, value in entries:
+
         entry = validate_raw(RawStorageMount, value, where)
         name = scope.substitute(entry.storage, f"{where}.storage")
         if name not in names:
