@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from hangar.stores.base import ObjectInfo
+from hangar.stores.base import CRC32_TAG, ObjectInfo
 from hangar.sync.scan import LocalFile
 
 # Reasons, grouped by what the summary calls them.
@@ -139,17 +139,13 @@ def make_plan(
             append(PlanItem(f.key, upload, SIZE_CHANGED, f, obj))
         elif obj.mtime_ns == f.mtime_ns:
             append(PlanItem(f.key, skip, UNCHANGED, f, obj))
-        elif obj.md5 or obj.crc32:
+        elif (recorded := obj.checksum) is not None:  # the MD5, else "crc32:<hex>"
             try:
-                same = (
-                    md5_of(f).lower() == obj.md5.lower()
-                    if obj.md5
-                    else crc32_of(f).lower() == str(obj.crc32).lower()
-                )
+                local_sum = md5_of(f) if obj.md5 else CRC32_TAG + crc32_of(f)
             except OSError:  # unreadable or vanished: apply will report it for this file
                 append(PlanItem(f.key, upload, UNREADABLE, f, obj))
                 continue
-            if same:
+            if local_sum.lower() == recorded.lower():
                 append(PlanItem(f.key, skip, SAME_CHECKSUM, f, obj))
             else:
                 append(PlanItem(f.key, upload, CONTENT_CHANGED, f, obj))
