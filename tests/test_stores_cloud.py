@@ -4,6 +4,7 @@ secrets, anonymous access, URL forms and settings precedence."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -659,6 +660,50 @@ def test_a_large_object_replaced_during_a_ranged_download_fails_cleanly(
     with pytest.raises(StoreError, match="replaced while it was being downloaded"):
         store.get_file("big.bin", out, progress=lambda n: None)
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("store_type", ["s3", "azure"])
+def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
+    store_type: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given its listed size, a large object's first GET asks for the first range (the
+    metadata comes with it): one GET per range, not a whole-object GET opened and dropped
+    first. A size gone stale (the object replaced since it was listed) still gets the object
+    as it is now, checked, whether it grew, shrank or became empty."""
+    from trust_helpers import route_through
+
+    from hangar.stores import _obstore
+
+    backend: Any = request.getfixturevalue(f"{store_type}_backend")
+    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * MiB + 17)
+    data = os.urandom(12 * MiB + 5)
+    ranges = -(-len(data) // (2 * MiB + 17))
+    with FaultProxy(backend.endpoint) as proxy:
+        route_through(proxy, backend, monkeypatch)
+        store = _new_bucket(backend, part_size=5 * MiB)
+        path, meta = _file(tmp_path, "big.bin", data)
+        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+        (listed,) = store.list()
+
+        def fetch(size: int | None) -> tuple[bytes, int, int]:
+            """The bytes downloaded, GETs of the object made, bytes reported."""
+            before, got = proxy.count("GET", "big.bin"), []
+            out = tmp_path / "out.bin"
+            store.get_file("big.bin", out, progress=got.append, size=size)
+            return out.read_bytes(), proxy.count("GET", "big.bin") - before, sum(got)
+
+        assert fetch(listed.size) == (data, ranges, len(data))
+        assert fetch(None) == (data, ranges + 1, len(data))  # the first GET opened, dropped
+        with contextlib.ExitStack() as taken:  # both ranged-download slots busy: in order
+            for _ in range(2):
+                assert _obstore._RANGED_FILES.acquire(blocking=False)
+                taken.callback(_obstore._RANGED_FILES.release)
+            assert fetch(listed.size) == (data, 2, len(data))  # first range, then the rest
+        for now in (b"", b"small", os.urandom(7 * MiB), os.urandom(20 * MiB)):
+            path, meta = _file(tmp_path, "big.bin", now)
+            store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+            assert fetch(listed.size)[0] == now, len(now)
 
 
 def test_s3_test_server_takes_as_many_buckets_whatever_the_free_disk(s3_server: Any) -> None:

@@ -68,7 +68,9 @@ class FakeStore:
             raise ObjectNotFound(key)
         return ObjectInfo(key=key, size=len(self.objects[key]), mtime_ns=MTIME)
 
-    def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
+    def get_file(
+        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+    ) -> None:
         self.gets.append(key)
         if key in self.fail:
             raise StoreError(f"injected failure for {key}")

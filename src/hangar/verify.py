@@ -51,11 +51,11 @@ class VerifyReport:
         return all(s.ok and not (self.mirror and s.extra) for s in self.stores)
 
 
-def _md5_of_object(store: Store, key: str, workdir: Path, progress: ProgressSink) -> str:
+def _md5_of_object(store: Store, info: ObjectInfo, workdir: Path, progress: ProgressSink) -> str:
     with tempfile.NamedTemporaryFile(dir=workdir, delete=False) as tmp:
         path = Path(tmp.name)
     try:
-        store.get_file(key, path, progress=progress.advance)
+        store.get_file(info.key, path, progress=progress.advance, size=info.size)
         return file_md5(path)
     finally:
         path.unlink(missing_ok=True)
@@ -76,7 +76,7 @@ def _check_store(
 
     def check(info: ObjectInfo, workdir: Path) -> None:
         try:
-            actual = _md5_of_object(store, info.key, workdir, progress)
+            actual = _md5_of_object(store, info, workdir, progress)
         except ChecksumMismatch:  # the store's own read-back check refused the bytes
             with lock:
                 report.corrupt.append(

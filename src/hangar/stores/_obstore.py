@@ -83,6 +83,8 @@ PARALLEL_MIN = 64 * 1024 * 1024
 RANGE_SIZE = 32 * 1024 * 1024
 RANGE_WINDOW = 8
 _RANGED_FILES = threading.BoundedSemaphore(2)
+# A ranged GET of an object that is empty (S3 InvalidRange, HTTP 416).
+_NOT_SATISFIABLE = re.compile(r"\b416\b|InvalidRange")
 # The server refused a body whose checksum did not match (S3 BadDigest, signature mismatch).
 _DIGEST_REFUSED = re.compile(r"BadDigest|XAmzContentSHA256Mismatch|InvalidDigest|Md5Mismatch")
 
@@ -105,14 +107,15 @@ class _Crc32:
         return f"{self.value:08x}"
 
 
-def _copy_body(result: Any, out: Any, algo: str, progress: Progress) -> str:
-    """Write the body of GET `result` to `out` in order; returns the hex `algo` ("crc32" or
-    "md5") of what was written."""
+def _copy_body(results: Iterable[Any], out: Any, algo: str, progress: Progress) -> str:
+    """Write the bodies of GET `results` to `out` in order; returns the hex `algo` ("crc32"
+    or "md5") of what was written."""
     digest: Any = _Crc32() if algo == "crc32" else hashlib.md5(usedforsecurity=False)
-    for chunk in result.stream(min_chunk_size=DOWNLOAD_CHUNK):
-        out.write(chunk)
-        digest.update(chunk)
-        progress(len(chunk))
+    for result in results:
+        for chunk in result.stream(min_chunk_size=DOWNLOAD_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            progress(len(chunk))
     return str(digest.hexdigest())
 
 
@@ -355,19 +358,20 @@ class ObstoreDataPlane:
             "again; if this persists, look for a faulty proxy or disk between here and the store."
         )
 
-    def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
+    def get_file(
+        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+    ) -> None:
         """Stream `key` into a temporary file beside `path`, then rename it into place and give
         it the recorded source mtime. The bytes are checked against the checksum recorded at
         upload (the CRC-32, else the MD5 or the single-part ETag of an object uploaded before
         Hangar recorded one) when there is one; a mismatch is fetched once more, then fails
-        with nothing left at `path`.
+        with nothing left at `path`. `size` (the listed size) above PARALLEL_MIN makes the
+        first request a ranged GET, so a large object's first range comes with its metadata
+        instead of a whole-object GET being opened and dropped.
         Raises ObjectNotFound, AccessDenied, StoreError."""
         full = self._full(key)
         for attempt in (1, 2):
-            try:
-                result = obstore.get(self._data(), full)
-            except (ObstoreError, FileNotFoundError) as exc:
-                raise self._translate(exc, "download", key) from None
+            result, partial = self._first_get(key, size)
             mtime_ns = parse_int(result.attributes.get(self.meta_mtime))
             algo, expected = "crc32", parse_crc32(result.attributes.get(self.meta_crc32))
             if expected is None:
@@ -375,16 +379,19 @@ class ObstoreDataPlane:
                 expected = parse_md5(result.attributes.get(self.meta_md5)) or self._md5_from_etag(
                     result.meta.get("e_tag")
                 )
-            size, etag = int(result.meta["size"]), result.meta.get("e_tag")
-            ranged = size > PARALLEL_MIN and _RANGED_FILES.acquire(blocking=False)
-            if ranged:
+            total, etag = int(result.meta["size"]), result.meta.get("e_tag")
+            ranged = total > PARALLEL_MIN and _RANGED_FILES.acquire(blocking=False)
+            head = result if partial else None  # the first range, already requested
+            if ranged and not partial:
                 del result  # its body is fetched in ranges instead: dropping it closes it
             try:
                 with atomic_download(path) as out:
                     if ranged:
-                        actual = self._ranged_body(full, size, etag, out, algo, progress)
+                        actual = self._ranged_body(full, total, etag, out, algo, progress, head)
                     else:
-                        actual = _copy_body(result, out, algo, progress)
+                        actual = _copy_body(
+                            self._in_order(full, result, total), out, algo, progress
+                        )
                     if expected is not None and actual != expected:
                         raise _Corrupt(actual, expected)
             except PreconditionError:
@@ -409,11 +416,45 @@ class ObstoreDataPlane:
             set_mtime(path, mtime_ns)
             return
 
+    def _first_get(self, key: str, size: int | None) -> tuple[Any, bool]:
+        """The download's first GET and whether it asked for a range: the first RANGE_SIZE
+        bytes when `size` says the object is large, else the whole object (also when the
+        object became empty since it was listed, which refuses any range)."""
+        data, full = self._data(), self._full(key)
+        try:
+            if size is not None and size > PARALLEL_MIN:
+                try:
+                    return obstore.get(data, full, options={"range": (0, RANGE_SIZE)}), True
+                except ObstoreError as exc:
+                    if not _NOT_SATISFIABLE.search(str(exc)):
+                        raise
+            return obstore.get(data, full), False
+        except (ObstoreError, FileNotFoundError) as exc:
+            raise self._translate(exc, "download", key) from None
+
+    def _in_order(self, full: str, result: Any, total: int) -> Iterator[Any]:
+        """The responses that carry the object in order: `result`, then, when it was a ranged
+        GET for less than the object (both ranged-download slots were taken), one GET for the
+        rest, pinned to the same version by If-Match."""
+        yield result
+        end, etag = result.range[1], result.meta.get("e_tag")
+        if end < total:
+            options: Any = {"range": (end, total), **({"if_match": etag} if etag else {})}
+            yield obstore.get(self._data(), full, options=options)
+
     def _ranged_body(
-        self, full: str, size: int, etag: str | None, out: Any, algo: str, progress: Progress
+        self,
+        full: str,
+        size: int,
+        etag: str | None,
+        out: Any,
+        algo: str,
+        progress: Progress,
+        head: Any = None,
     ) -> str:
         """Fetch `size` bytes of `full` as ranged GETs of RANGE_SIZE, RANGE_WINDOW at a time,
         each written at its offset as its chunks arrive, and return the hex `algo` of the file.
+        `head` is the response to a GET of the first range already made, if any.
 
         One streamed response tops out near 100-250 MB/s here, and writing big buffers in
         order from one thread cost twice the time of the fetch (W1: 4.6 s against 1.9 s), so
@@ -431,7 +472,11 @@ class ObstoreDataPlane:
         def fetch(start: int) -> int:
             end = min(start + RANGE_SIZE, size)
             options: Any = {"range": (start, end), **base}
-            got = obstore.get(data, full, options=options)
+            got = (
+                head
+                if start == 0 and head is not None
+                else obstore.get(data, full, options=options)
+            )
             crc, pos = 0, start
             for chunk in got.stream(min_chunk_size=0):  # as received: no copy into bigger buffers
                 view = memoryview(chunk)

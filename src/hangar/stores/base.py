@@ -150,9 +150,14 @@ class Store(Protocol):
         """
         ...
 
-    def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
+    def get_file(
+        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+    ) -> None:
         """Download `key` to `path` (parent directories must exist), writing a temporary file
-        beside it and renaming it into place. Raises ObjectNotFound."""
+        beside it and renaming it into place. `size` is the object's size as listed, when the
+        caller knows it: a store may plan the transfer from it (the obstore stores fetch a
+        large object in ranges from the first request); a stale one costs only speed.
+        Raises ObjectNotFound."""
         ...
 
     def delete(self, keys: Iterable[str]) -> None:

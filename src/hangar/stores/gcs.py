@@ -324,7 +324,9 @@ class GcsStore:
         except (gexc.GoogleAPIError, GoogleAuthError, OSError):
             return None
 
-    def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
+    def get_file(
+        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+    ) -> None:
         """Download `key` (bytes as stored, checksum-verified) into a temporary file beside
         `path`, then rename it into place with the recorded source mtime. An object whose
         stored MD5 is not the one recorded at upload is refused. Raises ObjectNotFound,

@@ -190,7 +190,9 @@ class LocalStore:
             raise
         return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=md5)
 
-    def get_file(self, key: str, path: Path, *, progress: Progress) -> None:
+    def get_file(
+        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+    ) -> None:
         src = self._obj(key)
         if not src.is_file():
             raise ObjectNotFound(f"{self.url}/{key} does not exist")
