@@ -537,6 +537,43 @@ def test_sync_reuses_checksums_across_runs(src: Path, store: LocalStore, tmp_pat
     assert report.result is not None and report.result.uploaded == 0
 
 
+def test_touched_files_are_hashed_once_small_ones_by_the_syncing_thread(
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-sync compares touched files (same size, new mtime) by content, hashing each once:
+    small files on the sync's own thread (16 threads only queued for the GIL), larger ones
+    on at most one thread per CPU."""
+    import hangar.sync as sync_pkg
+    import hangar.sync.checksum as checksum_module
+
+    src = tmp_path / "touched"
+    small = [write(src / f"s{i}", os.urandom(100 + i), mtime_ns=old()) for i in range(40)]
+    large = [
+        write(src / f"l{i}", os.urandom(sync_pkg.INLINE_HASH_MAX + i), mtime_ns=old())
+        for i in range(6)
+    ]
+    sync(src, store)
+    for p in [*small, *large]:
+        os.utime(p, ns=(old(0) - HOUR_NS // 2,) * 2)
+    write(src / "s0", os.urandom(100), mtime_ns=old(0) - HOUR_NS // 3)  # same size, new bytes
+    monkeypatch.setattr(sync_pkg, "hash_threads", lambda: 2)
+    threads: dict[str, set[int]] = {"small": set(), "large": set()}
+    real = checksum_module.md5_and_stat
+
+    def md5_and_stat(path: str, buf: bytearray) -> tuple[str, os.stat_result]:
+        big = os.path.getsize(path) >= sync_pkg.INLINE_HASH_MAX
+        threads["large" if big else "small"].add(threading.get_ident())
+        return real(path, buf)
+
+    monkeypatch.setattr(checksum_module, "md5_and_stat", md5_and_stat)
+    with ChecksumCache(tmp_path / "c.db") as cache:
+        report = sync(src, store, checksums=cache)
+        assert cache.hashed == len(small) + len(large)  # each once, prefetch then plan
+    assert report.result is not None and report.result.uploaded == 1  # s0, by content
+    assert threads["small"] == {threading.get_ident()}
+    assert threading.get_ident() not in threads["large"] and len(threads["large"]) <= 2
+
+
 # -- large file ----------------------------------------------------------------------------
 
 

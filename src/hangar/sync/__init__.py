@@ -7,6 +7,7 @@ reverse direction used by COPY mounts. The equality rule lives in `hangar.sync.p
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ from hangar.sync.scan import LocalFile, ScanResult, scan_local
 
 if TYPE_CHECKING:
     from hangar.sync.manifest import Manifest
+
+# Files below this size are hashed by the sync's own thread (see _prefetch_checksums).
+INLINE_HASH_MAX = 64 * 1024
 
 __all__ = [
     "Action",
@@ -117,13 +121,36 @@ def sync_up(
 
 
 def _prefetch_checksums(files: list[LocalFile], cache: ChecksumCache, workers: int) -> None:
-    """Hash the files the plan will compare, on `workers` threads (hashing releases the GIL).
-    Errors are left for the plan to meet again (it plans such files as uploads)."""
-    if len(files) < 2:
-        return
+    """Hash the files the plan will compare. Errors are left for the plan to meet again (it
+    plans such files as uploads).
+
+    A small file's hash is mostly per-file work under the GIL (open, stat, a cache lookup):
+    threads only queue for the GIL, so files under INLINE_HASH_MAX are hashed here, in order
+    (1,000 touched 4 KiB files: 42 ms, against 160-200 ms on 16 threads). Larger ones are
+    hashed on one thread per CPU (hashlib releases the GIL): 10,000 touched 100 KiB files
+    took 1.2-1.4 s on 2 threads of this 2-core machine, 1.5 s on 4, 2.3-3.5 s on 16.
+    """
 
     def warm(f: LocalFile) -> None:
         with contextlib.suppress(OSError):
             cache.md5(f)
 
-    run_bounded(files, warm, workers=workers, cancel=threading.Event())
+    if len(files) < 2:
+        return  # the plan hashes a lone file itself
+    small = [f for f in files if f.size < INLINE_HASH_MAX]
+    large = [f for f in files if f.size >= INLINE_HASH_MAX]
+    threads = min(workers, hash_threads(), len(large))
+    if threads > 1:
+        run_bounded(large, warm, workers=threads, cancel=threading.Event())
+    else:
+        small.extend(large)
+    for f in small:
+        warm(f)
+
+
+def hash_threads() -> int:
+    """Threads worth hashing on: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
