@@ -192,3 +192,92 @@ def test_large_file_sent_in_parts_is_compared_by_its_recorded_checksum(
     write(second, 10**18 + 4)
     assert _sent(st) == 0
     assert cloud.objects(st.name) == {"model.bin": second}  # the cloud's own client
+
+
+def _blobs(url: str) -> tuple[bytes, bytes | None]:
+    import sqlite3
+
+    from hangar.config import catalog_path
+
+    db = sqlite3.connect(catalog_path())
+    try:
+        entries, recent = db.execute(
+            "SELECT entries, recent FROM manifests WHERE url=?", (url,)
+        ).fetchone()
+    finally:
+        db.close()
+    return entries, recent
+
+
+def test_a_trusted_resync_writes_only_the_rows_it_changed(
+    tmp_path: Path, hangar_home: Path, counting: type[ListCounting]
+) -> None:
+    """Updating a few rows of a large manifest writes them to its small `recent` blob, not the
+    whole manifest again; reads see one row per key, the newest; once `recent` outgrows a
+    quarter of the rest, the two are merged."""
+    import marshal
+
+    src = tmp_path / "src"
+    _tree(src, n=200)
+    st = hangar.Storage(name="man-r", source=str(src), stores=["local"])
+    assert _sent(st) == 200
+    with Catalog() as cat:
+        url = cat.get("man-r").stores[0].url  # type: ignore[union-attr]
+    entries, recent = _blobs(url)
+    assert recent is None
+
+    for i in (3, 7):
+        (src / f"f{i}.txt").write_text(f"CONTENT {i}\n")
+        os.utime(src / f"f{i}.txt", ns=(10**18 + 500, 10**18 + 500))
+    assert _sent(st) == 2 and counting.lists == 1
+    after, recent = _blobs(url)
+    assert after == entries  # the 200 rows were not rewritten
+    assert recent is not None
+    assert sorted(r[0] for r in marshal.loads(recent)[1]) == ["f3.txt", "f7.txt"]
+    with Catalog() as cat:
+        found = cat.manifest(url)
+    assert found is not None
+    rows = {r[0]: r for r in found[1]}
+    assert len(found[1]) == len(rows) == 200
+    assert rows["f3.txt"][2] == 10**18 + 500 and rows["f4.txt"][2] == 10**18 + 4
+    assert _sent(st) == 0 and counting.lists == 1  # the updated rows are trusted
+
+    for i in range(100):  # half the rows change: `recent` is merged into the entries
+        (src / f"f{i}.txt").write_text(f"new {i:04d}\n")
+        os.utime(src / f"f{i}.txt", ns=(10**18 + 900, 10**18 + 900))
+    assert _sent(st) == 100 and counting.lists == 1
+    merged, recent = _blobs(url)
+    assert recent is None
+    rows = {r[0]: r for r in marshal.loads(merged)[1]}
+    assert len(rows) == 200 and rows["f3.txt"][2] == 10**18 + 900
+    assert rows["f150.txt"][2] == 10**18 + 150
+    assert _sent(st) == 0 and counting.lists == 1
+
+
+def test_a_catalog_from_before_recent_rows_still_trusts_its_manifest(
+    tmp_path: Path, hangar_home: Path, counting: type[ListCounting]
+) -> None:
+    """A catalog written before manifests had a `recent` blob gets the column; its version-1
+    manifest is read and trusted as before."""
+    import marshal
+    import sqlite3
+
+    from hangar.config import catalog_path
+
+    src = tmp_path / "src"
+    _tree(src, n=4)
+    st = hangar.Storage(name="man-o", source=str(src), stores=["local"])
+    assert _sent(st) == 4
+    db = sqlite3.connect(catalog_path())
+    (url, entries) = db.execute("SELECT url, entries FROM manifests").fetchone()
+    rows = marshal.loads(entries)[1]
+    db.execute("ALTER TABLE manifests DROP COLUMN recent")
+    db.execute("UPDATE manifests SET entries=?", (marshal.dumps((1, rows)),))
+    db.commit()
+    db.close()
+    assert _sent(st) == 0 and counting.lists == 1
+    (src / "f1.txt").write_text("CONTENT 1\n")
+    os.utime(src / "f1.txt", ns=(10**18 + 99, 10**18 + 99))
+    assert _sent(st) == 1 and counting.lists == 1
+    version, rows = marshal.loads(_blobs(url)[0])  # 1 row of 4: merged, rewritten
+    assert version == 2 and {r[0]: r for r in rows}["f1.txt"][2] == 10**18 + 99
