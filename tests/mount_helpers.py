@@ -21,16 +21,8 @@ FUSE_OK = os.path.exists("/dev/fuse") and bool(
 )
 needs_fuse = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and fusermount3 (fuse3)")
 
-# Until `hangar storage mount` is registered in hangar.cli, run the CLI with it registered here.
-_CLI = (
-    "import sys\n"
-    "from hangar.cli import app, storage_app\n"
-    "from hangar.cli_mount import register\n"
-    "if not any(c.name == 'mount' for c in storage_app.registered_commands):\n"
-    "    register(storage_app)\n"
-    "sys.argv[0] = 'hangar'\n"
-    "app()\n"
-)
+# The real CLI, run by this interpreter (the test's environment, without relying on PATH).
+_CLI = "import sys\nfrom hangar.cli import app\nsys.argv[0] = 'hangar'\napp()\n"
 
 
 def cli_argv(*args: str) -> list[str]:

@@ -2,7 +2,7 @@
 a clear message, exit status 2 (invalid spec or usage) or 1 (runtime), and no change at all:
 the catalog, $HANGAR_HOME/buckets and the test's sandbox are compared before and after.
 
-The CLI runs in-process (typer's CliRunner) for speed; a few cases also run as a real
+The CLI runs in-process (click's CliRunner) for speed; a few cases also run as a real
 subprocess. Cases with `{T}` have it replaced by the sandbox directory, which holds a source
 tree `src/` (one file), a non-empty directory `full/`, a file `afile` and a symlink `link` (to
 `full/`). $HOME is a directory of its own.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from trust_helpers import snapshot
-from typer.testing import CliRunner
 
 from hangar.cli import app
 

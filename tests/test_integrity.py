@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from backends import Backend
+from click.testing import CliRunner
 from conftest import unique_bucket
 from servers.faultproxy import FaultProxy
 from trust_helpers import is_object_write, md5s, route_through, seeded_tree, sizes, statuses
-from typer.testing import CliRunner
 
 from hangar.api import Storage, download
 from hangar.cli import app

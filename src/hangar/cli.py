@@ -16,29 +16,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-import typer
+import click
 
 from hangar import __version__
 from hangar._malloc import keep_freed_memory
 from hangar.cli_mount import register as register_mount
 from hangar.errors import HangarError, SpecError
 
-app = typer.Typer(
-    help="Hangar: Sky Storage for compute tasks. Upload once, mount or copy anywhere.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-storage_app = typer.Typer(
-    help="Manage storages: list, upload, download, delete.", no_args_is_help=True
-)
-app.add_typer(storage_app, name="storage")
-register_mount(storage_app)
-
 _state = {"debug": False}
 T = TypeVar("T")
+# Arguments that name files: paths as given (relative ones resolved by the command).
+_PATH = click.Path(path_type=Path)
 
 
 def _err(message: str) -> None:
@@ -52,13 +42,13 @@ def _guard(fn: Callable[[], T]) -> T:
         return fn()
     except KeyboardInterrupt:
         _err("interrupted")
-        raise typer.Exit(130) from None
+        raise click.exceptions.Exit(130) from None
     except HangarError as exc:
         if _state["debug"]:
             raise
         kind = "invalid task" if isinstance(exc, SpecError) else "error"
         _err(f"{kind}: {exc}")
-        raise typer.Exit(exc.exit_code) from None
+        raise click.exceptions.Exit(exc.exit_code) from None
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -71,48 +61,49 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _version(value: bool) -> None:
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
         print(f"hangar {__version__}")
-        raise typer.Exit()
+        ctx.exit()
 
 
-@app.callback()
-def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
-    ] = False,
-) -> None:
+@click.group(help="Hangar: Sky Storage for compute tasks. Upload once, mount or copy anywhere.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option(
+    "--version", is_flag=True, callback=_version, expose_value=False, is_eager=True,
+    help="Print version.",
+)  # fmt: skip
+def app(debug: bool) -> None:
     _state["debug"] = debug
 
 
+@app.group("storage")
+def storage_app() -> None:
+    """Manage storages: list, upload, download, delete."""
+
+
+register_mount(storage_app)
+
+
 @app.command()
-def launch(
-    task_file: Annotated[Path, typer.Argument(help="Task YAML file.", metavar="TASK.yaml")],
-    env: Annotated[
-        list[str] | None, typer.Option("--env", help="Set or override a variable: KEY=VALUE.")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")
-    ] = False,
-    cluster: Annotated[
-        str | None,
-        typer.Option(
-            "--cluster",
-            metavar="ADDRESS",
-            help="Ray cluster for num_nodes > 1 (default: $RAY_ADDRESS), e.g. 10.0.0.1:6379.",
-        ),
-    ] = None,
-) -> None:
-    """Upload the task's storages, attach them, run setup and run, then clean up."""
+@click.argument("task_file", metavar="TASK.yaml", type=_PATH)
+@click.option("--env", multiple=True, help="Set or override a variable: KEY=VALUE.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; change nothing.")
+@click.option(
+    "--cluster", metavar="ADDRESS",
+    help="Ray cluster for num_nodes > 1 (default: $RAY_ADDRESS), e.g. 10.0.0.1:6379.",
+)  # fmt: skip
+def launch(task_file: Path, env: tuple[str, ...], dry_run: bool, cluster: str | None) -> None:
+    """Upload the task's storages, attach them, run setup and run, then clean up.
+
+    TASK.yaml is the task file (either YAML dialect)."""
     from hangar.launcher import launch as do_launch
     from hangar.launcher import plan_launch
     from hangar.models import Task
     from hangar.ui import make_progress
 
     def go() -> int:
-        task = Task.from_yaml(str(task_file), _parse_env(env or []))
+        task = Task.from_yaml(str(task_file), _parse_env(list(env)))
         if dry_run:
             for warning in task.warnings:
                 _err(f"warning: {warning}")
@@ -122,8 +113,7 @@ def launch(
             return 0
         return do_launch(task, progress=make_progress(), cluster=cluster)
 
-    code = _guard(go)
-    raise typer.Exit(code)
+    raise click.exceptions.Exit(_guard(go))
 
 
 # -- storage commands ------------------------------------------------------------------------------
@@ -138,9 +128,8 @@ def _ago(ts: float) -> str:
 
 
 @storage_app.command("ls")
-def storage_ls(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def storage_ls(as_json: bool) -> None:
     """List storages: NAME, UPDATED, STORES, SOURCE, SIZE, STATUS."""
     from hangar.catalog import Catalog
     from hangar.ui import human_bytes
@@ -175,12 +164,13 @@ def storage_ls(
 
 
 @storage_app.command("delete")
-def storage_delete(
-    names: Annotated[list[str] | None, typer.Argument(help="Names or globs.")] = None,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Delete every storage.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-) -> None:
-    """Delete storages: buckets Hangar created are deleted; others are only forgotten."""
+@click.argument("names", nargs=-1)
+@click.option("--all", "-a", "all_", is_flag=True, help="Delete every storage.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def storage_delete(names: tuple[str, ...], all_: bool, yes: bool) -> None:
+    """Delete storages: buckets Hangar created are deleted; others are only forgotten.
+
+    NAMES are storage names or globs."""
     from hangar.catalog import Catalog
     from hangar.storage import delete
 
@@ -195,7 +185,7 @@ def storage_delete(
             chosen = known
         else:
             chosen = []
-            for pattern in names or []:
+            for pattern in names:
                 matched = [n for n in known if fnmatch.fnmatchcase(n, pattern)]
                 if not matched:
                     _err(f"error: no storage matches {pattern!r}. See `hangar storage ls`.")
@@ -210,7 +200,7 @@ def storage_delete(
                     f"refusing to delete {len(chosen)} storage(s) without confirmation; "
                     "standard input is not a terminal. To fix: add -y."
                 )
-            if not typer.confirm(f"Delete {len(chosen)} storage(s): {', '.join(chosen)}?"):
+            if not click.confirm(f"Delete {len(chosen)} storage(s): {', '.join(chosen)}?"):
                 _err("Nothing deleted.")
                 return 1
         for name in chosen:
@@ -226,32 +216,37 @@ def storage_delete(
                 _err(f"Forgot storage {name} (it had no buckets).")
         return 0
 
-    raise typer.Exit(_guard(go))
+    raise click.exceptions.Exit(_guard(go))
 
 
 @storage_app.command("upload")
+@click.argument("source", nargs=-1, required=True)
+@click.option("--name", "-n", required=True, help="Storage (bucket) name.")
+@click.option("--store", "-s", multiple=True, help="Store type (repeatable).")
+@click.option("--mirror", is_flag=True, help="Also delete objects whose local file is gone.")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent.")
+@click.option(
+    "--full", is_flag=True, help="List the bucket even if the last sync's manifest is fresh."
+)
 def storage_upload(
-    source: Annotated[list[str], typer.Argument(help="Local directory, or several paths.")],
-    name: Annotated[str, typer.Option("--name", "-n", help="Storage (bucket) name.")],
-    store: Annotated[
-        list[str] | None, typer.Option("--store", "-s", help="Store type (repeatable).")
-    ] = None,
-    mirror: Annotated[
-        bool, typer.Option("--mirror", help="Also delete objects whose local file is gone.")
-    ] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent.")] = False,
-    full: Annotated[
-        bool,
-        typer.Option("--full", help="List the bucket even if the last sync's manifest is fresh."),
-    ] = False,
+    source: tuple[str, ...],
+    name: str,
+    store: tuple[str, ...],
+    mirror: bool,
+    dry_run: bool,
+    full: bool,
 ) -> None:
-    """Create or update a storage from a local source, without running a task."""
+    """Create or update a storage from a local source, without running a task.
+
+    SOURCE is a local directory, or several paths."""
     from hangar.api import Storage
     from hangar.ui import make_progress
 
     def go() -> None:
         src: str | list[str] = source[0] if len(source) == 1 else list(source)
-        st = Storage(name=name, source=src, stores=store or None, sync="mirror" if mirror else None)
+        st = Storage(
+            name=name, source=src, stores=list(store) or None, sync="mirror" if mirror else None
+        )
         if dry_run:
             plan = st.plan()
             print("\n".join(plan.lines()))
@@ -266,11 +261,12 @@ def storage_upload(
 
 
 @storage_app.command("download")
-def storage_download(
-    name: Annotated[str, typer.Argument(help="Storage name, or a bucket URI.")],
-    directory: Annotated[Path, typer.Argument(help="Destination directory.", metavar="DIR")],
-) -> None:
-    """Download a storage (COPY mode on its own) into DIR."""
+@click.argument("name")
+@click.argument("directory", metavar="DIR", type=_PATH)
+def storage_download(name: str, directory: Path) -> None:
+    """Download a storage (COPY mode on its own) into DIR.
+
+    NAME is a storage name, or a bucket URI (s3://bucket/prefix)."""
     from hangar.storage import download  # not hangar.api: the spec's models are not needed
     from hangar.ui import make_progress
 
@@ -282,9 +278,8 @@ def storage_download(
 
 
 @storage_app.command("verify")
-def storage_verify(
-    name: Annotated[str, typer.Argument(help="Storage name.")],
-) -> None:
+@click.argument("name")
+def storage_verify(name: str) -> None:
     """Read every object back and compare bucket, catalog and source (exit 1 on problems)."""
     from hangar.ui import make_progress
     from hangar.verify import lines, verify
@@ -294,7 +289,7 @@ def storage_verify(
         print("\n".join(lines(report)))
         return 0 if report.ok else 1
 
-    raise typer.Exit(_guard(go))
+    raise click.exceptions.Exit(_guard(go))
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -309,7 +304,7 @@ def main() -> None:
     # not printed (Python's last-resort handler would write them to stderr, unscrubbed).
     logging.getLogger().addHandler(logging.NullHandler())
     try:
-        app()
+        app(prog_name="hangar")
     except SystemExit as exc:
         _leave(exc.code)
     _leave(0)

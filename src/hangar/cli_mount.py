@@ -4,7 +4,7 @@
 recorded with its PID in `$HANGAR_HOME/mounts.json`), like `mount` itself does; `unmount` waits
 for the mount's uploads, unmounts it and stops that rclone. `--foreground` instead holds the
 mount until Ctrl-C or SIGTERM and then undoes it. Registered on the `storage` sub-app by
-`register(storage_app)`.
+`register(storage_group)`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-import typer
+import click
 
 from hangar.errors import HangarError, SpecError
 from hangar.stores.base import Store
@@ -33,19 +33,19 @@ def _err(message: str) -> None:
     sys.stderr.flush()
 
 
-def _guard(ctx: typer.Context, fn: Callable[[], T]) -> T:
+def _guard(ctx: click.Context, fn: Callable[[], T]) -> T:
     """Hangar errors -> one paragraph and an exit status (as everywhere in the CLI)."""
     try:
         return fn()
     except KeyboardInterrupt:
         _err("interrupted")
-        raise typer.Exit(130) from None
+        raise click.exceptions.Exit(130) from None
     except HangarError as exc:
         if ctx.find_root().params.get("debug"):
             raise
         kind = "invalid arguments" if isinstance(exc, SpecError) else "error"
         _err(f"{kind}: {exc}")
-        raise typer.Exit(exc.exit_code) from None
+        raise click.exceptions.Exit(exc.exit_code) from None
 
 
 def _open_store(name: str) -> Store:
@@ -89,24 +89,30 @@ def _hold_until_signal(pid: int, started: str) -> None:
         time.sleep(0.5)
 
 
+@click.command("mount")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--read-only", is_flag=True, help="Refuse writes.")
+@click.option(
+    "--mode", default="MOUNT", show_default=True,
+    help="MOUNT (stream) or MOUNT_CACHED (local disk cache).",
+)  # fmt: skip
+@click.option("--type", "cache_type", help=f"MOUNT_CACHED preset: {', '.join(_TYPES)}.")
+@click.option("--foreground", is_flag=True, help="Stay running; unmount on Ctrl-C or SIGTERM.")
+@click.pass_context
 def storage_mount(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Storage name, or a bucket URI (s3://b/prefix).")],
-    path: Annotated[Path, typer.Argument(help="Empty or missing directory to mount on.")],
-    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes.")] = False,
-    mode: Annotated[
-        str, typer.Option("--mode", help="MOUNT (stream) or MOUNT_CACHED (local disk cache).")
-    ] = "MOUNT",
-    cache_type: Annotated[
-        str | None,
-        typer.Option("--type", help=f"MOUNT_CACHED preset: {', '.join(_TYPES)}."),
-    ] = None,
-    foreground: Annotated[
-        bool,
-        typer.Option("--foreground", help="Stay running; unmount on Ctrl-C or SIGTERM."),
-    ] = False,
+    ctx: click.Context,
+    name: str,
+    path: Path,
+    read_only: bool,
+    mode: str,
+    cache_type: str | None,
+    foreground: bool,
 ) -> None:
-    """Mount a storage at PATH through FUSE (rclone). Undo with `hangar storage unmount PATH`."""
+    """Mount a storage at PATH through FUSE (rclone). Undo with `hangar storage unmount PATH`.
+
+    NAME is a storage name, or a bucket URI (s3://bucket/prefix); PATH an empty or missing
+    directory."""
     from hangar.models import MountCachedConfig, MountMode, MountSpec
     from hangar.node.attach import check_target
     from hangar.node.mount import fuse_mount, is_mount_point, mount_detached
@@ -182,11 +188,13 @@ def storage_mount(
     _guard(ctx, go)
 
 
-def storage_unmount(
-    ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A mount point made by `hangar storage mount`.")],
-) -> None:
-    """Wait for a mount's uploads, unmount it and stop its rclone."""
+@click.command("unmount")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.pass_context
+def storage_unmount(ctx: click.Context, path: Path) -> None:
+    """Wait for a mount's uploads, unmount it and stop its rclone.
+
+    PATH is a mount point made by `hangar storage mount`."""
     from hangar.node.mount import unmount
     from hangar.ui import make_progress
 
@@ -200,7 +208,7 @@ def storage_unmount(
     _guard(ctx, go)
 
 
-def register(storage_app: typer.Typer) -> None:
+def register(storage_group: click.Group) -> None:
     """Add `mount` and `unmount` to the `hangar storage` commands."""
-    storage_app.command("mount")(storage_mount)
-    storage_app.command("unmount")(storage_unmount)
+    storage_group.add_command(storage_mount)
+    storage_group.add_command(storage_unmount)
