@@ -4,6 +4,7 @@ secrets, anonymous access, URL forms and settings precedence."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -740,10 +741,11 @@ def test_piece_reader_hands_out_cache_sized_pieces(tmp_path: Path) -> None:
 def test_multipart_upload_of_a_file_with_no_known_md5_records_its_crc32(
     cloud: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file sent in parts whose MD5 is not known is not hashed with MD5 while it is sent (a
-    serial 0.6 GB/s that capped large uploads): the obstore stores record its CRC-32, which the
-    cloud's own client sees, head() and list() return, and downloads check. GCS computes the
-    MD5 before sending, as before."""
+    """A file sent in parts whose MD5 is not known is not hashed with MD5, before, while or
+    after it is sent (a serial 0.6 GB/s that capped large uploads): the obstore stores record
+    its CRC-32, which the cloud's own client sees, head() and list() return, and downloads
+    check; GCS (whose client checks the upload with a CRC32C) records the MD5 the server
+    computed of what it stored."""
     import zlib
 
     md5_calls: list[int] = []
@@ -757,13 +759,20 @@ def test_multipart_upload_of_a_file_with_no_known_md5_records_its_crc32(
     data = os.urandom(11 * MiB + 7)
     path, _ = _file(tmp_path, "big.bin", data)
     crc = f"{zlib.crc32(data):08x}"
-    if cloud.store_type == "gcs":
-        info = store.put_file(path, "big.bin", meta=FileMeta(MTIME, None), progress=lambda n: 0)
-        assert info.md5 == real_md5(data).hexdigest() and info.checksum == info.md5
-        return
-    monkeypatch.setattr(hashlib, "md5", counted_md5)  # what _obstore and _common call
+    monkeypatch.setattr(hashlib, "md5", counted_md5)  # what the stores and _common call
     info = store.put_file(path, "big.bin", meta=FileMeta(MTIME, None), progress=lambda n: 0)
     assert md5_calls == []  # no MD5 pass, before, during or after sending
+    if cloud.store_type == "gcs":
+        md5 = real_md5(data).hexdigest()
+        assert info.md5 == md5 and info.checksum == md5
+        for got in (store.head("big.bin"), next(iter(store.list()))):
+            assert (got.size, got.md5, got.mtime_ns) == (len(data), md5, MTIME)
+        blob = cloud.client.bucket(store.bucket).get_blob("big.bin")  # type: ignore[attr-defined]
+        assert base64.b64decode(blob.md5_hash).hex() == md5 == blob.metadata["hangar-md5"]
+        out = tmp_path / "back.bin"
+        store.get_file("big.bin", out, progress=lambda n: None)
+        assert out.read_bytes() == data
+        return
     assert (info.md5, info.crc32, info.checksum) == (None, crc, "crc32:" + crc)
     for got in (store.head("big.bin"), next(iter(store.list()))):
         assert (got.size, got.md5, got.crc32, got.mtime_ns) == (len(data), None, crc, MTIME)
