@@ -143,14 +143,17 @@ class Bench:
         return int(self.args.repeat)
 
     def rounds(self, cells: dict[str, Result], one: Callable[[str, int], Run | None]) -> None:
-        """Run every tool's cell `--repeat` times, round-robin (A, B, C, then A, B, C again),
-        so that no tool always runs first after a case that changed the machine's state (page
-        cache to refill, memory the host took back). `one(tool, r)` makes run r; a failed run
-        (None, or an error set on the cell) ends that tool's cell, and a first run slower than
+        """Run every tool's cell `--repeat` times, round-robin, each round starting one tool
+        later (A, B, C, then B, C, A), so that no tool always runs first after a case that
+        changed the machine's state (page cache to refill, memory the host took back) or
+        always after the same peer. `one(tool, r)` makes run r; a failed run (None, or an
+        error set on the cell) ends that tool's cell, and a first run slower than
         --max-case-seconds ends it after one."""
         n = dict.fromkeys(cells, 1)
+        order = list(cells)
         for r in range(self.args.repeat):
-            for tool, res in cells.items():
+            for tool in order[r % len(order) :] + order[: r % len(order)]:
+                res = cells[tool]
                 if r >= n[tool]:
                     continue
                 run = one(tool, r)

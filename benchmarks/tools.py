@@ -56,7 +56,12 @@ class Run:
 
 
 def measure(argv: Sequence[str], env: dict[str, str], log: Path) -> Run:
-    """Run `argv` to completion; wall time, CPU and peak RSS of the child."""
+    """Run `argv` to completion; wall time, CPU and peak RSS of the child.
+
+    The kernel first writes back what earlier runs left dirty (the server's volume files, a
+    download not yet flushed), outside the timing, so that no run pays for its predecessor's
+    writeback."""
+    os.sync()
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(
