@@ -556,7 +556,7 @@ def test_touched_files_are_hashed_once_small_ones_by_the_syncing_thread(
     for p in [*small, *large]:
         os.utime(p, ns=(old(0) - HOUR_NS // 2,) * 2)
     write(src / "s0", os.urandom(100), mtime_ns=old(0) - HOUR_NS // 3)  # same size, new bytes
-    monkeypatch.setattr(sync_pkg, "hash_threads", lambda: 2)
+    monkeypatch.setattr(sync_pkg, "usable_cpus", lambda: 2)
     threads: dict[str, set[int]] = {"small": set(), "large": set()}
     real = checksum_module.md5_and_stat
 

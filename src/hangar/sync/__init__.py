@@ -7,13 +7,13 @@ reverse direction used by COPY mounts. The equality rule lives in `hangar.sync.p
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hangar.config import usable_cpus
 from hangar.models import LocalRoot
 from hangar.progress import NullProgress, ProgressSink
 from hangar.stores.base import Store
@@ -139,18 +139,10 @@ def _prefetch_checksums(files: list[LocalFile], cache: ChecksumCache, workers: i
         return  # the plan hashes a lone file itself
     small = [f for f in files if f.size < INLINE_HASH_MAX]
     large = [f for f in files if f.size >= INLINE_HASH_MAX]
-    threads = min(workers, hash_threads(), len(large))
+    threads = min(workers, usable_cpus(), len(large))
     if threads > 1:
         run_bounded(large, warm, workers=threads, cancel=threading.Event())
     else:
         small.extend(large)
     for f in small:
         warm(f)
-
-
-def hash_threads() -> int:
-    """Threads worth hashing on: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
