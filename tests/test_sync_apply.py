@@ -577,6 +577,44 @@ def test_touched_files_are_hashed_once_small_ones_by_the_syncing_thread(
 # -- large file ----------------------------------------------------------------------------
 
 
+def test_local_store_records_a_large_files_crc32_without_an_md5_pass(
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above CRC_ONLY_ABOVE, a file whose MD5 is not known is not read for one (a serial
+    0.6 GB/s pass before the copy): the object records its CRC-32, which put_file, list and
+    head return; a smaller file still records its MD5, and a known MD5 is recorded as is."""
+    import zlib
+
+    from hangar.stores import local
+
+    monkeypatch.setattr(local, "CRC_ONLY_ABOVE", 1024 * 1024)
+    _quiet: Progress = lambda n: None  # noqa: E731
+    md5_calls: list[int] = []
+    real_md5 = hashlib.md5
+
+    def counted_md5(*args: Any, **kwargs: Any) -> Any:
+        md5_calls.append(1)
+        return real_md5(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "md5", counted_md5)
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    big = write(tmp_path / "big", data, mtime_ns=old())
+    info = store.put_file(big, "big", meta=FileMeta(mtime_ns=old(), md5=None), progress=_quiet)
+    crc = f"{zlib.crc32(data):08x}"
+    assert md5_calls == []
+    assert (info.md5, info.crc32, info.checksum) == (None, crc, "crc32:" + crc)
+    for got in (store.head("big"), *store.list()):
+        assert (got.md5, got.crc32, got.size) == (None, crc, len(data))
+    assert os.getxattr(store.local_path() / "big", "user.hangar.md5").startswith(b"crc32:")
+    small = write(tmp_path / "small", b"small", mtime_ns=old())
+    assert store.put_file(small, "small", meta=FileMeta(old(), None), progress=_quiet).md5 == (
+        real_md5(b"small").hexdigest()
+    )
+    known = real_md5(data).hexdigest()
+    again = store.put_file(big, "big", meta=FileMeta(old(), known), progress=_quiet)
+    assert (again.md5, again.crc32, store.head("big").md5) == (known, None, known)
+
+
 def test_large_file_roundtrip_by_content(tmp_path: Path, store: LocalStore) -> None:
     data = os.urandom(20 * 1024 * 1024)
     src = tmp_path / "big"

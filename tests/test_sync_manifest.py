@@ -139,15 +139,18 @@ def test_failed_sync_and_deleted_storage_forget_the_manifest(
 
 
 def test_large_file_sent_in_parts_is_compared_by_its_recorded_checksum(
-    cloud: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file sent in parts whose MD5 is not known records a CRC-32 and no MD5 on S3 and Azure
-    (see Store.put_file). A re-sync compares a touched one with that checksum, from the
-    manifest and from a listing (S3: a HEAD per multipart object), and sends it again only
-    when its content changed; the manifest then holds the new object's checksum."""
+    """A large file (sent in parts; the local store: above CRC_ONLY_ABOVE) whose MD5 is not
+    known records a CRC-32 and no MD5 on S3, Azure and the local store (see Store.put_file).
+    A re-sync compares a touched one with that checksum, from the manifest and from a
+    listing (S3: a HEAD per multipart object), and sends it again only when its content
+    changed; the manifest then holds the new object's checksum."""
+    from hangar.stores import local
     from hangar.sync.plan import SAME_CHECKSUM
 
     monkeypatch.setenv("HANGAR_PART_SIZE", "5MiB")
+    monkeypatch.setattr(local, "CRC_ONLY_ABOVE", 5 * MiB)
     src = tmp_path / "src"
     src.mkdir()
     big = src / "model.bin"
@@ -157,7 +160,7 @@ def test_large_file_sent_in_parts_is_compared_by_its_recorded_checksum(
         os.utime(big, ns=(mtime_ns, mtime_ns))  # old: not "racy"
 
     def recorded(data: bytes) -> str:
-        if cloud.store_type == "gcs":  # GCS computes the MD5 before sending
+        if backend.store_type == "gcs":  # the MD5 the server computed
             return hashlib.md5(data).hexdigest()
         return f"crc32:{zlib.crc32(data):08x}"
 
@@ -172,7 +175,7 @@ def test_large_file_sent_in_parts_is_compared_by_its_recorded_checksum(
 
     first = os.urandom(6 * MiB + 5)
     write(first, 10**18)
-    st = hangar.Storage(name=unique_bucket("crc"), source=str(src), stores=[cloud.store_type])
+    st = hangar.Storage(name=unique_bucket("crc"), source=str(src), stores=[backend.store_type])
     assert _sent(st) == 1
     assert manifest_checksum() == recorded(first)
 
@@ -191,7 +194,7 @@ def test_large_file_sent_in_parts_is_compared_by_its_recorded_checksum(
     assert manifest_checksum() == recorded(second)  # not the replaced object's
     write(second, 10**18 + 4)
     assert _sent(st) == 0
-    assert cloud.objects(st.name) == {"model.bin": second}  # the cloud's own client
+    assert backend.objects(st.name) == {"model.bin": second}  # the cloud's own client
 
 
 def _blobs(url: str) -> tuple[bytes, bytes | None]:

@@ -144,9 +144,11 @@ class Store(Protocol):
 
         Records `meta` in the object's metadata. Streams (memory does not grow with file size).
         Returns the object's info with a checksum of the content sent (`ObjectInfo.checksum`
-        is not None): the MD5 (`meta.md5`, else computed), except for a file sent in parts
-        whose MD5 was not known, where the obstore stores record only a CRC-32 (an MD5 is
-        serial, 0.6 GB/s here: it would cap a large upload, and its CPU slowed it).
+        is not None): the MD5 (`meta.md5`, else computed), except for a large file (sent in
+        parts; the local store: above its CRC_ONLY_ABOVE) whose MD5 was not known, which is
+        not read for an MD5 (serial, 0.6 GB/s here: it would cap a large upload, and its CPU
+        slowed it): the obstore and local stores record a CRC-32 instead, GCS the MD5 its
+        server computed once the client's CRC32C check of the upload passed.
         """
         ...
 

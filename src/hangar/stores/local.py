@@ -5,7 +5,10 @@ files (so a MOUNT is a symlink to the bucket directory, no FUSE needed). Writes 
 temporary file under ``<root>/.tmp`` and are renamed into place, so a reader never sees a partial
 object. The source mtime is kept as the file's mtime; the content checksum in an extended
 attribute that also pins the size and mtime it was computed for, so a file changed in place
-(through a mount) never keeps a stale checksum.
+(through a mount) never keeps a stale checksum. The checksum is the MD5, except for a file
+larger than CRC_ONLY_ABOVE whose MD5 is not known: like a file the cloud stores send in parts,
+it records its CRC-32 (read in parallel slices at ~10 GB/s per core, where an MD5 is a serial
+0.5-0.6 GB/s pass before the copy).
 """
 
 from __future__ import annotations
@@ -19,11 +22,19 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hangar.errors import BucketExists, BucketNotFound, ObjectNotFound, StoreError
-from hangar.stores._common import file_md5
-from hangar.stores.base import Capabilities, FileMeta, ObjectInfo, Progress, RcloneRemote
+from hangar.stores._common import DEFAULT_PART_SIZE, file_crc32, file_md5, parse_crc32
+from hangar.stores.base import (
+    CRC32_TAG,
+    Capabilities,
+    FileMeta,
+    ObjectInfo,
+    Progress,
+    RcloneRemote,
+)
 from hangar.stores.uri import format_url
 
-_XATTR = "user.hangar.md5"
+_XATTR = "user.hangar.md5"  # "<checksum>:<size>:<mtime_ns>"; checksum: MD5 hex or crc32:<hex>
+CRC_ONLY_ABOVE = DEFAULT_PART_SIZE  # as the cloud stores' multipart threshold
 _CHUNK = 64 * 1024 * 1024
 
 
@@ -120,13 +131,16 @@ class LocalStore:
 
     # -- objects -------------------------------------------------------------------------------
     def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
-        md5 = None
-        with contextlib.suppress(OSError):
+        checksum = None
+        with contextlib.suppress(OSError, ValueError):
             raw = os.getxattr(path, _XATTR).decode()
-            digest, size, mtime = raw.split(":")
+            digest, size, mtime = raw.rsplit(":", 2)
             if int(size) == st.st_size and int(mtime) == st.st_mtime_ns:
-                md5 = digest
-        return ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, md5=md5)
+                checksum = digest
+        if checksum is not None and checksum.startswith(CRC32_TAG):
+            crc = parse_crc32(checksum[len(CRC32_TAG) :])
+            return ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, crc32=crc)
+        return ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, md5=checksum)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.bucket_exists():
@@ -163,7 +177,13 @@ class LocalStore:
 
     def put_file(self, path: Path, key: str, *, meta: FileMeta, progress: Progress) -> ObjectInfo:
         dest = self._obj(key)
-        md5 = meta.md5 or file_md5(path)
+        md5, crc = meta.md5, None
+        if md5 is None:
+            if os.stat(path).st_size > CRC_ONLY_ABOVE:
+                crc = file_crc32(path)
+            else:
+                md5 = file_md5(path)
+        checksum = md5 or CRC32_TAG + str(crc)
         if not self.bucket_exists():
             raise BucketNotFound(f"local bucket {self.bucket!r} does not exist")
         try:
@@ -180,7 +200,7 @@ class LocalStore:
             os.utime(tmp, ns=(meta.mtime_ns, meta.mtime_ns))
             size = os.stat(tmp).st_size
             with contextlib.suppress(OSError):
-                os.setxattr(tmp, _XATTR, f"{md5}:{size}:{meta.mtime_ns}".encode())
+                os.setxattr(tmp, _XATTR, f"{checksum}:{size}:{meta.mtime_ns}".encode())
             if dest.is_dir():
                 raise StoreError(f"{self.url}/{key}: a directory of objects has this name")
             os.replace(tmp, dest)
@@ -188,7 +208,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=md5)
+        return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=md5, crc32=crc)
 
     def get_file(
         self, key: str, path: Path, *, progress: Progress, size: int | None = None
