@@ -605,7 +605,8 @@ def test_local_store_records_a_large_files_crc32_without_an_md5_pass(
     assert (info.md5, info.crc32, info.checksum) == (None, crc, "crc32:" + crc)
     for got in (store.head("big"), *store.list()):
         assert (got.md5, got.crc32, got.size) == (None, crc, len(data))
-    assert os.getxattr(store.local_path() / "big", "user.hangar.md5").startswith(b"crc32:")
+    assert os.getxattr(store.local_path() / "big", "user.hangar.crc32").startswith(crc.encode())
+    assert "user.hangar.md5" not in os.listxattr(store.local_path() / "big")
     small = write(tmp_path / "small", b"small", mtime_ns=old())
     assert store.put_file(small, "small", meta=FileMeta(old(), None), progress=_quiet).md5 == (
         real_md5(b"small").hexdigest()

@@ -23,17 +23,13 @@ from pathlib import Path
 
 from hangar.errors import BucketExists, BucketNotFound, ObjectNotFound, StoreError
 from hangar.stores._common import DEFAULT_PART_SIZE, file_crc32, file_md5, parse_crc32
-from hangar.stores.base import (
-    CRC32_TAG,
-    Capabilities,
-    FileMeta,
-    ObjectInfo,
-    Progress,
-    RcloneRemote,
-)
+from hangar.stores.base import Capabilities, FileMeta, ObjectInfo, Progress, RcloneRemote
 from hangar.stores.uri import format_url
 
-_XATTR = "user.hangar.md5"  # "<checksum>:<size>:<mtime_ns>"; checksum: MD5 hex or crc32:<hex>
+# "<hex digest>:<size>:<mtime_ns>", one or the other. The CRC-32 has an attribute of its own:
+# a Hangar that knows only the MD5 one then sees no checksum rather than one it cannot parse.
+_XATTR = "user.hangar.md5"
+_XATTR_CRC32 = "user.hangar.crc32"
 CRC_ONLY_ABOVE = DEFAULT_PART_SIZE  # as the cloud stores' multipart threshold
 _CHUNK = 64 * 1024 * 1024
 
@@ -130,17 +126,19 @@ class LocalStore:
         shutil.rmtree(self.bucket_path)
 
     # -- objects -------------------------------------------------------------------------------
-    def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
-        checksum = None
+    @staticmethod
+    def _recorded(path: Path, attribute: str, st: os.stat_result) -> str | None:
+        """The digest in `attribute` when it was recorded for this size and mtime."""
         with contextlib.suppress(OSError, ValueError):
-            raw = os.getxattr(path, _XATTR).decode()
-            digest, size, mtime = raw.rsplit(":", 2)
+            digest, size, mtime = os.getxattr(path, attribute).decode().split(":")
             if int(size) == st.st_size and int(mtime) == st.st_mtime_ns:
-                checksum = digest
-        if checksum is not None and checksum.startswith(CRC32_TAG):
-            crc = parse_crc32(checksum[len(CRC32_TAG) :])
-            return ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, crc32=crc)
-        return ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, md5=checksum)
+                return digest
+        return None
+
+    def _info(self, key: str, path: Path, st: os.stat_result) -> ObjectInfo:
+        md5 = self._recorded(path, _XATTR, st)
+        crc = None if md5 else parse_crc32(self._recorded(path, _XATTR_CRC32, st))
+        return ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns, md5=md5, crc32=crc)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.bucket_exists():
@@ -183,7 +181,7 @@ class LocalStore:
                 crc = file_crc32(path)
             else:
                 md5 = file_md5(path)
-        checksum = md5 or CRC32_TAG + str(crc)
+        attribute, digest = (_XATTR, md5) if md5 else (_XATTR_CRC32, crc)
         if not self.bucket_exists():
             raise BucketNotFound(f"local bucket {self.bucket!r} does not exist")
         try:
@@ -200,7 +198,7 @@ class LocalStore:
             os.utime(tmp, ns=(meta.mtime_ns, meta.mtime_ns))
             size = os.stat(tmp).st_size
             with contextlib.suppress(OSError):
-                os.setxattr(tmp, _XATTR, f"{checksum}:{size}:{meta.mtime_ns}".encode())
+                os.setxattr(tmp, attribute, f"{digest}:{size}:{meta.mtime_ns}".encode())
             if dest.is_dir():
                 raise StoreError(f"{self.url}/{key}: a directory of objects has this name")
             os.replace(tmp, dest)
