@@ -18,6 +18,9 @@ from pathlib import Path
 
 _CHUNK = 8 * 1024 * 1024
 _MARKER = ".bench-workload.json"
+# Beside the data directory too: the files `change` rewrote that `restore` has not put back (a
+# run killed mid-way, or a manual experiment), restored by the next `ensure`.
+_CHANGED = ".bench-changed.json"
 _PER_DIR = 1000  # files per subdirectory (100,000 files in one directory is unrealistic)
 
 
@@ -84,6 +87,9 @@ def ensure(w: Workload, base: Path) -> Path:
     marker = top / _MARKER
     try:
         if json.loads(marker.read_text()) == asdict(w):
+            pending = _changed(root)
+            if pending:
+                restore(w, root, sorted(pending))
             return root
     except (OSError, ValueError):
         pass
@@ -100,7 +106,10 @@ def ensure(w: Workload, base: Path) -> Path:
 
 
 def change(w: Workload, root: Path, indices: list[int], generation: int) -> None:
-    """Rewrite files `indices` with new content of the same size (a new mtime, too)."""
+    """Rewrite files `indices` with new content of the same size (a new mtime, too), recorded
+    (before writing) as changed until `restore` puts them back."""
+    if generation:
+        _record_changed(root, _changed(root) | set(indices))
     for i in indices:
         w.write_file(root, i, generation)
 
@@ -108,6 +117,24 @@ def change(w: Workload, root: Path, indices: list[int], generation: int) -> None
 def restore(w: Workload, root: Path, indices: list[int]) -> None:
     """Put back the original content of files `indices`."""
     change(w, root, indices, 0)
+    _record_changed(root, _changed(root) - set(indices))
+
+
+def _changed(root: Path) -> set[int]:
+    try:
+        return set(json.loads((root.parent / _CHANGED).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _record_changed(root: Path, indices: set[int]) -> None:
+    path = root.parent / _CHANGED
+    if not indices:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sorted(indices)))
+    os.replace(tmp, path)
 
 
 def picks(w: Workload, fraction: float, round_: int) -> list[int]:

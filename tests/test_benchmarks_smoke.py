@@ -53,3 +53,25 @@ def test_harness_counts_work_on_tiny_data(tmp_path: Path) -> None:
     for i in workloads.picks(w, 0.01, 0):
         (probe / w.rel(i)).parent.mkdir(parents=True, exist_ok=True)
         assert w.write_file(probe, i).read_bytes() == (root / w.rel(i)).read_bytes()
+
+
+def test_files_a_run_changed_and_did_not_restore_are_restored_before_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1% re-sync rewrites files and puts them back afterwards; if that never happens (the
+    run was killed, or someone called `change` by hand), the next `ensure` restores them, so
+    a later run's "changed" files really get new bytes."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks import workloads as wl
+
+    w = wl.sizes(tiny=True)["W3"]
+    root = wl.ensure(w, tmp_path)
+    original = {i: (root / w.rel(i)).read_bytes() for i in range(w.files)}
+    picked = wl.picks(w, 0.05, 0)
+    wl.change(w, root, picked, generation=1)
+    assert all((root / w.rel(i)).read_bytes() != original[i] for i in picked)
+    assert wl.ensure(w, tmp_path) == root  # not regenerated: only the changed files rewritten
+    assert {i: (root / w.rel(i)).read_bytes() for i in range(w.files)} == original
+    wl.change(w, root, picked, generation=2)
+    wl.restore(w, root, picked)
+    assert not (root.parent / ".bench-changed.json").exists()
