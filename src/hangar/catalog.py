@@ -355,12 +355,13 @@ class Catalog:
                     (blob, time.time(), url),
                 )
                 return
-            current = self.manifest(url)
-            if current is None:
+            (entries,) = db.execute("SELECT entries FROM manifests WHERE url=?", (url,)).fetchone()
+            stored = self._rows(entries)
+            if stored is None:
                 self._forget_manifest(db, url)
                 return
-            whole = {r[0]: r for r in current[1]}
-            whole.update(merged)
+            whole = {r[0]: r for r in stored}
+            whole.update(merged)  # `recent` and the new rows, newest last
             db.execute(
                 "UPDATE manifests SET entries=?, recent=NULL, updated_at=? WHERE url=?",
                 (marshal.dumps((_MANIFEST_VERSION, list(whole.values()))), time.time(), url),
