@@ -707,6 +707,84 @@ def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
             assert fetch(listed.size)[0] == now, len(now)
 
 
+def test_preallocate_gives_the_file_its_blocks_or_refuses_with_the_name(tmp_path: Path) -> None:
+    """The reserved file has its size in allocated blocks (not a sparse hole); a file the
+    process may not grow that far (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) is refused
+    with the file's name and size, in a child so the limit binds nothing else."""
+    from hangar.stores._common import preallocate
+
+    path = tmp_path / "reserved.bin"
+    with open(path, "wb") as out:
+        preallocate(out.fileno(), 5 * MiB, str(path))
+        st = os.fstat(out.fileno())
+    assert st.st_size == 5 * MiB
+    assert st.st_blocks * 512 >= 5 * MiB
+    child = textwrap.dedent(
+        f"""
+        import os, resource, signal
+        from hangar.stores._common import preallocate
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({MiB}, resource.RLIM_INFINITY))
+        fd = os.open({str(tmp_path / "limited.bin")!r}, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            preallocate(fd, {5 * MiB}, "the/file")
+        except OSError as exc:
+            print(exc.errno, exc.filename, exc.strerror)
+        print(os.fstat(fd).st_size)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import errno
+
+    refused, size = done.stdout.splitlines()
+    assert refused == f"{errno.EFBIG} the/file File too large (the file needs {5 * MiB} bytes)"
+    assert size == "0"
+
+
+def test_a_large_download_the_disk_cannot_hold_fails_before_fetching_its_ranges(
+    s3_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The space for a ranged download is reserved before its ranges are asked for: a file
+    that cannot be that large fails after the first GET (the one that says how large), names
+    the destination, and leaves nothing behind."""
+    import errno
+    import resource
+    import signal
+
+    from trust_helpers import route_through
+
+    from hangar.stores import _obstore
+
+    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * MiB)
+    data = os.urandom(12 * MiB)
+    with FaultProxy(s3_backend.endpoint) as proxy:
+        route_through(proxy, s3_backend, monkeypatch)
+        store = _new_bucket(s3_backend, part_size=5 * MiB)
+        path, meta = _file(tmp_path, "big.bin", data)
+        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        out = dest / "big.bin"
+        before = proxy.count("GET", "big.bin")
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8 * MiB, limits[1]))
+        try:
+            with pytest.raises(OSError) as refused:
+                store.get_file("big.bin", out, progress=lambda n: None, size=len(data))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+        assert refused.value.errno == errno.EFBIG
+        assert refused.value.filename == str(out)
+        assert proxy.count("GET", "big.bin") - before == 1
+        assert list(dest.iterdir()) == []
+        store.get_file("big.bin", out, progress=lambda n: None, size=len(data))
+        assert out.read_bytes() == data
+
+
 def test_s3_test_server_takes_as_many_buckets_whatever_the_free_disk(s3_server: Any) -> None:
     """Each bucket gets volumes of its own; SeaweedFS's default cap is the free GiB at start,
     which made the suite's ~50th bucket fail with "no free volumes left" on a fuller disk."""

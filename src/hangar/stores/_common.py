@@ -4,14 +4,17 @@ and secret-free error messages. No SDK imports here."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from zlib_ng.zlib_ng import crc32, crc32_combine
 
@@ -285,6 +288,51 @@ def atomic_download(path: Path) -> Iterator[IO[bytes]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# fallocate(2) errors that mean the file cannot have its size: the rest (EOPNOTSUPP, ENOSYS,
+# EINTR...) only mean no reservation was made, and the writes allocate as they go.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@functools.cache
+def _fallocate() -> Any:
+    """libc's fallocate(2) wrapper, or None (not Linux, no such symbol)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes  # only a large download needs it
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    for name in ("fallocate64", "fallocate"):  # musl >= 1.2.4 has only the second
+        fn = getattr(libc, name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int
+            return fn
+    return None
+
+
+def preallocate(fd: int, size: int, name: str) -> None:
+    """Reserve `size` bytes of disk for the empty file open as `fd` (its size becomes `size`),
+    before a download writes its ranges into it out of order: the writes land in blocks already
+    allocated instead of each growing the file (ext4, 1 GiB COPY from SeaweedFS, 6 alternating
+    runs: client CPU 1.45 -> 1.39 s, wall 1.73 -> 1.61 s, medians), and a disk that cannot hold
+    the file fails here, before a byte is fetched. Calls fallocate(2) itself: glibc's
+    posix_fallocate falls back to writing every block where the filesystem has no fallocate,
+    which would cost more than it saves; there nothing is reserved.
+    Raises OSError (ENOSPC, EDQUOT, EFBIG) naming `name`."""
+    fn = _fallocate()
+    if fn is None or size <= 0:
+        return
+    if fn(fd, 0, 0, size) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        if err in _NO_ROOM:
+            raise OSError(err, f"{os.strerror(err)} (the file needs {size} bytes)", name)
 
 
 def set_mtime(path: Path, mtime_ns: int | None) -> None:

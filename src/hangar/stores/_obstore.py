@@ -58,6 +58,7 @@ from hangar.stores._common import (
     parse_int,
     parse_md5,
     part_concurrency,
+    preallocate,
     scrub,
     set_mtime,
     short_cause,
@@ -386,7 +387,8 @@ class ObstoreDataPlane:
                 del result  # its body is fetched in ranges instead: dropping it closes it
             try:
                 with atomic_download(path) as out:
-                    if ranged:
+                    if ranged:  # written out of order: allocate it first (and fail early)
+                        preallocate(out.fileno(), total, str(path))
                         actual = self._ranged_body(full, total, etag, out, algo, progress, head)
                     else:
                         actual = _copy_body(
