@@ -75,3 +75,27 @@ def test_files_a_run_changed_and_did_not_restore_are_restored_before_the_next(
     wl.change(w, root, picked, generation=2)
     wl.restore(w, root, picked)
     assert not (root.parent / ".bench-changed.json").exists()
+
+
+def test_cases_without_the_upload_case_get_their_buckets_from_an_untimed_upload(
+    tmp_path: Path,
+) -> None:
+    """`--cases download` alone (or with nochange) uploads each tool's bucket first, reported
+    nowhere, instead of failing for want of a bucket."""
+    out = tmp_path / "results.json"
+    argv = [
+        sys.executable, "-m", "benchmarks", "--tiny", "--repeat", "2", "--silent",
+        "--workloads", "W2", "--tools", "hangar,s5cmd", "--cases", "nochange,download",
+        "--data-dir", str(tmp_path / "data"), "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    rows = {(r["case"], r["workload"], r["tool"]): r for r in report["results"]}
+    assert set(rows) == {
+        (case, "W2", tool) for case in ("nochange", "download") for tool in ("hangar", "s5cmd")
+    }
+    for key, row in rows.items():
+        assert not row["error"], (key, row["error"])
+        assert [run["rc"] for run in row["runs"]] == [0, 0], key
+    assert rows[("nochange", "W2", "hangar")]["sent"] == [0, 0]
