@@ -695,6 +695,8 @@ def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
             return out.read_bytes(), proxy.count("GET", "big.bin") - before, sum(got)
 
         assert fetch(listed.size) == (data, ranges, len(data))
+        # All ranges but the first (obstore's, which brings the metadata) on signed URLs.
+        assert proxy.count("GET", _SIGNED[store_type]) == ranges - 1
         assert fetch(None) == (data, ranges + 1, len(data))  # the first GET opened, dropped
         with contextlib.ExitStack() as taken:  # both ranged-download slots busy: in order
             for _ in range(2):
@@ -705,6 +707,82 @@ def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
             path, meta = _file(tmp_path, "big.bin", now)
             store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
             assert fetch(listed.size)[0] == now, len(now)
+
+
+# What marks a request made by hangar.stores._direct: a URL obstore signed.
+_SIGNED = {"s3": "X-Amz-Signature=", "azure": "sig="}
+
+
+@pytest.mark.parametrize("store_type", ["s3", "azure"])
+def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_obstore(
+    store_type: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges read over the standard library's client fall back to obstore, from the byte
+    reached: a body cut short costs one more GET for its rest; a kept connection found closed
+    is replaced once; a refused request (here a 500)
+    sends that range and the rest of the file through obstore (which retries); a configured
+    proxy keeps every request on obstore. Every download is complete and checked, and what
+    the file's writer raises still stops the download with nothing left."""
+    from trust_helpers import route_through
+
+    from hangar.stores import _obstore
+
+    backend: Any = request.getfixturevalue(f"{store_type}_backend")
+    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * MiB)
+    monkeypatch.setattr(_obstore, "RANGE_WINDOW", 2)
+    data = os.urandom(12 * MiB + 5)
+    ranges = 7
+    signed = _SIGNED[store_type]
+
+    def is_signed(method: str, path: str) -> bool:
+        return method == "GET" and signed in path
+
+    with FaultProxy(backend.endpoint) as proxy:
+        route_through(proxy, backend, monkeypatch)
+        store = _new_bucket(backend, part_size=5 * MiB)
+        path, meta = _file(tmp_path, "big.bin", data)
+        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+        out = tmp_path / "dest" / "big.bin"
+        out.parent.mkdir()
+
+        def fetch() -> tuple[int, int]:
+            """(signed GETs, obstore's GETs) of one download, checked."""
+            before = proxy.count("GET", "big.bin"), proxy.count("GET", signed)
+            got: list[int] = []
+            store.get_file("big.bin", out, progress=got.append, size=len(data))
+            assert out.read_bytes() == data and sum(got) == len(data)
+            direct = proxy.count("GET", signed) - before[1]
+            return direct, proxy.count("GET", "big.bin") - before[0] - direct
+
+        assert fetch() == (ranges - 1, 1)
+        proxy.fail_next(2, "cut", match=is_signed)  # half the body, then the connection closes
+        assert fetch() == (ranges - 1, 1 + 2)
+        seen: list[str] = []
+
+        def third_signed(method: str, path: str) -> bool:  # on a connection kept from before
+            seen.extend([path] if is_signed(method, path) else [])
+            return len(seen) == 3 and is_signed(method, path)
+
+        proxy.fail_next(1, "drop", match=third_signed)  # as a server closing an idle connection
+        assert fetch() == (ranges - 1 + 1, 1)  # asked again on a new connection
+        proxy.fail_next(1, 500, match=is_signed)
+        direct, other = fetch()
+        assert direct < ranges - 1 and direct + other >= ranges + 1, (direct, other)
+        with monkeypatch.context() as env:
+            env.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # the endpoint is http: unused
+            assert fetch() == (0, ranges)
+
+        def stop_midway(n: int, seen: list[int] = []) -> None:  # noqa: B006 - a counter
+            seen.append(n)
+            if sum(seen) > 5 * MiB:
+                raise KeyboardInterrupt
+
+        out.unlink()
+        with pytest.raises(KeyboardInterrupt):
+            store.get_file("big.bin", out, progress=stop_midway, size=len(data))
+        assert list(out.parent.iterdir()) == []
+        assert fetch() == (ranges - 1, 1)  # and the next one is whole
 
 
 def test_preallocate_gives_the_file_its_blocks_or_refuses_with_the_name(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ credentials refreshed by the cloud's own chain), so a store may be shared by a t
 Uploads up to `part_size` go in one PUT (the file is read once into memory, at most part_size);
 larger ones are multipart, `max_concurrency` parts in flight, so memory stays near
 part_size * max_concurrency whatever the file size. Downloads stream into a temporary file beside
-the target, renamed into place when complete. obstore retries 5xx, 429 and connection errors
-with exponential backoff (`max_retries`, `retry_timeout`); the final failure becomes a
-`StoreError` naming the object and the cause.
+the target, renamed into place when complete (a large object's ranges mostly over the
+standard library's HTTP client, see stores/_direct.py). obstore retries 5xx, 429 and
+connection errors with exponential backoff (`max_retries`, `retry_timeout`); the final
+failure becomes a `StoreError` naming the object and the cause.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
 from obstore.exceptions import BaseError as ObstoreError
@@ -73,6 +74,9 @@ from hangar.stores.base import (
     Progress,
 )
 from hangar.stores.uri import format_url
+
+if TYPE_CHECKING:
+    from hangar.stores._direct import RangeReader
 
 _DELETE_BATCH = 1000
 # Large downloads: objects above PARALLEL_MIN are fetched as ranged GETs of RANGE_SIZE bytes,
@@ -465,22 +469,24 @@ class ObstoreDataPlane:
         (If-Match), so an object replaced meanwhile fails the download instead of mixing two
         versions. A CRC-32 is computed per range and combined; an MD5 (which cannot be) is
         computed by reading the file back once it is complete.
+
+        The ranges after the first are read by the standard library's HTTP client from URLs
+        obstore signs, straight into a reused buffer (stores/_direct.py: a 1 GiB COPY, 6
+        alternating runs, client CPU 1.35 -> 0.98 s, wall 1.58 -> 1.43 s, medians); whatever
+        that path cannot do (an error, a cut body, a proxy) obstore does from the byte reached.
         """
         data = self._data()
         base: dict[str, Any] = {"if_match": etag} if etag else {}
         out.flush()
         fd = out.fileno()
+        direct = self._range_reader(full, etag)
 
         def fetch(start: int) -> int:
             end = min(start + RANGE_SIZE, size)
-            options: Any = {"range": (start, end), **base}
-            got = (
-                head
-                if start == 0 and head is not None
-                else obstore.get(data, full, options=options)
-            )
             crc, pos = 0, start
-            for chunk in got.stream(min_chunk_size=0):  # as received: no copy into bigger buffers
+
+            def write(chunk: Any) -> None:
+                nonlocal crc, pos
                 view = memoryview(chunk)
                 while view:
                     n = os.pwrite(fd, view, pos)
@@ -489,6 +495,17 @@ class ObstoreDataPlane:
                 if algo == "crc32":
                     crc = crc32(chunk, crc)
                 progress(len(chunk))
+
+            if start == 0 and head is not None:
+                got = head
+            else:
+                if direct is not None:
+                    direct.fetch(start, end, write)
+                options: Any = {"range": (pos, end), **base}
+                got = obstore.get(data, full, options=options) if pos < end else None
+            if got is not None:
+                for chunk in got.stream(min_chunk_size=0):  # as received: no bigger buffers
+                    write(chunk)
             if pos != end:
                 raise StoreError(
                     f"download {self.bucket_url}/{full}: the server sent {pos - start} bytes for "
@@ -502,9 +519,30 @@ class ObstoreDataPlane:
             crcs = [f.result() for f in futures]
         finally:  # a failed range stops the ones not started yet
             pool.shutdown(wait=True, cancel_futures=True)
+            if direct is not None:
+                direct.close()
         if algo == "crc32":
             return combined_crc32(crcs, RANGE_SIZE, size)
         return _md5_of_fd(fd, size)
+
+    def _range_reader(self, full: str, etag: str | None) -> RangeReader | None:
+        """The standard library's HTTP client for a large download's ranges (see
+        stores/_direct.py), or None where obstore must do them all: a proxy is configured, or
+        obstore cannot sign a URL for these credentials."""
+        from hangar.stores._direct import RangeReader, proxy_configured  # http.client, ssl
+
+        if proxy_configured():
+            return None
+        data = self._data()
+
+        def sign() -> str:
+            return str(obstore.sign(data, "GET", full, timedelta(hours=1)))
+
+        try:
+            sign()
+        except Exception:  # e.g. Azure without an account key, anonymous access
+            return None
+        return RangeReader(sign, etag, self.read_timeout)
 
     def _info(self, key: str, meta: Any, attributes: dict[str, str] | None) -> ObjectInfo:
         attrs = attributes or {}

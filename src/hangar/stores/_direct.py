@@ -1,0 +1,149 @@
+"""Ranged GETs over the standard library's HTTP client, for the bulk of a large download.
+
+obstore hands each chunk it receives to Python as a new `bytes` (a zeroed allocation, then a
+copy), and each chunk crosses from its runtime's threads to the one that writes the file. For a
+1 GiB COPY from SeaweedFS that is about a third of the client's CPU: the same download read here
+by the writing thread itself, with `readinto` into one reused buffer, took 0.60-0.77 CPU-s
+against 0.86-1.07 (5 alternating runs of the two loops alone, 32 MiB ranges, 8 at a time).
+
+Only the plain case is handled here, and nothing is signed here: each request goes to a URL
+obstore signed (S3 query signature, Azure SAS), carrying the Range and the If-Match of the
+download. The answer must be 206 with exactly the range asked for. Anything else (another
+status, a connection, TLS or timeout error, a short body) returns how far the range got, and the
+caller fetches the rest through obstore, whose retries, error messages, proxy and TLS settings
+then apply as before; a request refused before its first byte also stops this path for the rest
+of the file. Where a proxy is configured in the environment this path is not used at all.
+No URL (it holds a signature) is ever put in a message.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import ssl
+import threading
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+# Read per call, per thread: 1 GiB COPY, 5 alternating runs, client CPU 1.36-1.48 s with 64 KiB
+# (four times the calls), 0.91-1.04 with 256 KiB, 0.93-1.22 with 1 MiB (past the 1 MiB L2
+# cache: the bytes are written and checked after they left it).
+BUFFER = 256 * 1024
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def proxy_configured() -> bool:
+    """Whether the environment names a proxy (either case): then obstore's client, which
+    honours it, does every request."""
+    return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
+
+
+class RangeReader:
+    """Ranged GETs of one object, each from a freshly signed URL; one connection per thread,
+    kept for that thread's next range and closed by `close()`."""
+
+    def __init__(self, sign: Callable[[], str], etag: str | None, timeout: float) -> None:
+        self._sign = sign
+        self._headers = {"User-Agent": "hangar", **({"If-Match": etag} if etag else {})}
+        self._timeout = timeout or None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[http.client.HTTPConnection] = []
+        self._tls: ssl.SSLContext | None = None
+        self.refused = False  # a request failed before its first byte: obstore does the rest
+
+    def fetch(self, start: int, end: int, write: Callable[[memoryview], None]) -> int:
+        """Ask for bytes [start, end) and pass them to `write` in order, as they arrive;
+        returns the offset reached (`end` when complete). Transfer failures end it early
+        without raising; what `write` raises (a full disk, a cancelled download) propagates."""
+        resp = None if self.refused else self._request(start, end)
+        if resp is None:
+            return start
+        if (
+            resp.status != 206
+            or resp.length != end - start
+            or (resp.getheader("Content-Range") or "").partition("/")[0]
+            != f"bytes {start}-{end - 1}"
+        ):
+            self._drop()
+            self.refused = True
+            return start
+        view = self._buffer()
+        pos = start
+        try:
+            while pos < end:
+                try:
+                    n = resp.readinto(view[: end - pos])
+                except (OSError, http.client.HTTPException):
+                    n = 0
+                if not n:  # the connection broke or timed out: obstore takes over from pos
+                    self._drop()
+                    return pos
+                write(view[:n])
+                pos += n
+        except BaseException:
+            self._drop()  # a response left half-read cannot carry the next request
+            raise
+        return pos
+
+    def _request(self, start: int, end: int) -> http.client.HTTPResponse | None:
+        """The response to a GET of [start, end), or None (and `refused` set) when none came.
+        A kept connection the server has closed meanwhile is replaced once."""
+        try:
+            url = urlsplit(self._sign())
+        except Exception:  # obstore could not sign (credentials gone): it will say why
+            self.refused = True
+            return None
+        target = url.path + (f"?{url.query}" if url.query else "")
+        headers = {**self._headers, "Range": f"bytes={start}-{end - 1}"}
+        for _ in range(2):
+            kept = False
+            try:
+                conn, kept = self._connection(url.scheme, url.hostname or "", url.port)
+                conn.request("GET", target, headers=headers)
+                return conn.getresponse()
+            except (OSError, http.client.HTTPException, ValueError):
+                self._drop()
+                if not kept:
+                    break
+        self.refused = True
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def _connection(
+        self, scheme: str, host: str, port: int | None
+    ) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to `host` and whether it was kept from an earlier range."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and (conn.host, conn.port) == (host, port or conn.default_port):
+            return conn, True
+        self._drop()
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._tls)
+        elif scheme == "http":
+            conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
+        else:
+            raise ValueError(f"unsupported scheme {scheme!r}")
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn, False
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _buffer(self) -> memoryview:
+        view: memoryview | None = getattr(self._local, "buffer", None)
+        if view is None:
+            view = self._local.buffer = memoryview(bytearray(BUFFER))
+        return view
