@@ -480,6 +480,12 @@ class ObstoreDataPlane:
         out.flush()
         fd = out.fileno()
         direct = self._range_reader(full, etag)
+        # One writer at a time: ext4 (like most filesystems) serializes buffered writes to a
+        # file on its inode lock anyway, and threads queued there spin on the CPU the server
+        # needs (perf of a slow COPY: rwsem_spin_on_owner 11%); a Python lock waits asleep.
+        # 1 GiB COPY right after a 10,000-file upload (when every tool here runs slower),
+        # 5 rounds: medians 2.03 -> 1.62 s, client CPU 1.71 -> 1.13 s.
+        writing = threading.Lock()
 
         def fetch(start: int) -> int:
             end = min(start + RANGE_SIZE, size)
@@ -488,10 +494,11 @@ class ObstoreDataPlane:
             def write(chunk: Any) -> None:
                 nonlocal crc, pos
                 view = memoryview(chunk)
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    pos += n
-                    view = view[n:]
+                with writing:
+                    while view:
+                        n = os.pwrite(fd, view, pos)
+                        pos += n
+                        view = view[n:]
                 if algo == "crc32":
                     crc = crc32(chunk, crc)
                 progress(len(chunk))
