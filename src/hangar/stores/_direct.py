@@ -18,6 +18,7 @@ No URL (it holds a signature) is ever put in a message.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import ssl
@@ -30,6 +31,12 @@ from urllib.parse import urlsplit
 # cache: the bytes are written and checked after they left it).
 BUFFER = 256 * 1024
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The system's certificates (and SSL_CERT_FILE / SSL_CERT_DIR), loaded once."""
+    return ssl.create_default_context()
 
 
 def proxy_configured() -> bool:
@@ -49,7 +56,6 @@ class RangeReader:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[http.client.HTTPConnection] = []
-        self._tls: ssl.SSLContext | None = None
         self.refused = False  # a request failed before its first byte: obstore does the rest
 
     def fetch(self, start: int, end: int, write: Callable[[memoryview], None]) -> int:
@@ -124,9 +130,7 @@ class RangeReader:
             return conn, True
         self._drop()
         if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._tls)
+            conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=_tls())
         elif scheme == "http":
             conn = http.client.HTTPConnection(host, port, timeout=self._timeout)
         else:
