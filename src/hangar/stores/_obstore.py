@@ -88,6 +88,7 @@ PARALLEL_MIN = 64 * 1024 * 1024
 RANGE_SIZE = 32 * 1024 * 1024
 RANGE_WINDOW = 8
 _RANGED_FILES = threading.BoundedSemaphore(2)
+_SIGNED_FOR = 3600  # seconds a URL signed for the direct range reader is valid
 # A ranged GET of an object that is empty (S3 InvalidRange, HTTP 416).
 _NOT_SATISFIABLE = re.compile(r"\b416\b|InvalidRange")
 # The server refused a body whose checksum did not match (S3 BadDigest, signature mismatch).
@@ -541,9 +542,16 @@ class ObstoreDataPlane:
         if proxy_configured():
             return None
         data = self._data()
+        signed: list[tuple[float, str]] = []
 
         def sign() -> str:
-            return str(obstore.sign(data, "GET", full, timedelta(hours=1)))
+            """A URL valid for an hour, signed again after half of it (signing may cost a
+            request: an Azure user delegation key)."""
+            now = time.monotonic()
+            if not signed or now - signed[-1][0] > _SIGNED_FOR / 2:
+                url = str(obstore.sign(data, "GET", full, timedelta(seconds=_SIGNED_FOR)))
+                signed.append((now, url))
+            return signed[-1][1]
 
         try:
             sign()
