@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,18 +16,26 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.s3
 
 
-def test_harness_counts_work_on_tiny_data(tmp_path: Path) -> None:
+def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], dict[tuple[str, ...], Any], str]:
+    """Run the harness on tiny data with `args`: (the JSON report, its rows by (case,
+    workload, tool), what it printed)."""
     out = tmp_path / "results.json"
     argv = [
-        sys.executable, "-m", "benchmarks", "--tiny", "--repeat", "1", "--silent",
-        "--workloads", "W3", "--tools", "hangar,s5cmd",
-        "--cases", "upload,nochange,onepct,download",
+        sys.executable, "-m", "benchmarks", "--tiny", "--silent", *args,
         "--data-dir", str(tmp_path / "data"), "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     rows = {(r["case"], r["workload"], r["tool"]): r for r in report["results"]}
+    return report, rows, proc.stdout
+
+
+def test_harness_counts_work_on_tiny_data(tmp_path: Path) -> None:
+    report, rows, printed = _bench(
+        tmp_path, "--repeat", "1", "--workloads", "W3", "--tools", "hangar,s5cmd",
+        "--cases", "upload,nochange,onepct,download",
+    )  # fmt: skip
     files = report["meta"]["sizes"]["W3"][0]
 
     for key, row in rows.items():
@@ -41,7 +50,7 @@ def test_harness_counts_work_on_tiny_data(tmp_path: Path) -> None:
     assert changed["sent"] == [changed["files"]]  # exactly the 1% that changed
     assert rows[("upload-changed", "W3", "hangar")]["sent"] == [changed["files"]]
     assert rows[("upload", "W3", "hangar")]["ratio"] is not None  # compared with s5cmd
-    assert "median s" in proc.stdout  # the table was printed
+    assert "median s" in printed  # the table was printed
 
     # The changed files were put back: the data directory is the generated workload again.
     from benchmarks import workloads
@@ -82,16 +91,10 @@ def test_cases_without_the_upload_case_get_their_buckets_from_an_untimed_upload(
 ) -> None:
     """`--cases download` alone (or with nochange) uploads each tool's bucket first, reported
     nowhere, instead of failing for want of a bucket."""
-    out = tmp_path / "results.json"
-    argv = [
-        sys.executable, "-m", "benchmarks", "--tiny", "--repeat", "2", "--silent",
-        "--workloads", "W2", "--tools", "hangar,s5cmd", "--cases", "nochange,download",
-        "--data-dir", str(tmp_path / "data"), "--out", str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(out.read_text())
-    rows = {(r["case"], r["workload"], r["tool"]): r for r in report["results"]}
+    _, rows, _ = _bench(
+        tmp_path, "--repeat", "2", "--workloads", "W2", "--tools", "hangar,s5cmd",
+        "--cases", "nochange,download",
+    )  # fmt: skip
     assert set(rows) == {
         (case, "W2", tool) for case in ("nochange", "download") for tool in ("hangar", "s5cmd")
     }
