@@ -88,6 +88,13 @@ class Result:
         }
 
 
+def round_order(tools: list[str], r: int) -> list[str]:
+    """The order of round `r` (see Bench.rounds): rotated by r // 2, reversed when r is odd."""
+    k = (r // 2) % len(tools)
+    rotated = tools[k:] + tools[:k]
+    return rotated[::-1] if r % 2 else rotated
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -143,18 +150,19 @@ class Bench:
         return int(self.args.repeat)
 
     def rounds(self, cells: dict[str, Result], one: Callable[[str, int], Run | None]) -> None:
-        """Run every tool's cell `--repeat` times, round-robin, each round starting one tool
-        later (A, B, C, then B, C, A), so that no tool always runs first after a case that
-        changed the machine's state (page cache to refill, memory the host took back) or
-        always after the same peer. `one(tool, r)` makes run r; a failed run (None, or an
-        error set on the cell) ends that tool's cell, and a first run slower than
-        --max-case-seconds ends it after one."""
+        """Run every tool's cell `--repeat` times, round-robin, in an order that changes each
+        round (A B C, C B A, B C A, A C B, ...: every other round reversed, every two rounds
+        rotated by one), so that no tool always runs first after a case that changed the
+        machine's state (page cache to refill, memory the host took back) nor always right
+        after the same peer (a rotation alone keeps each tool's predecessor: A always after
+        C). `one(tool, r)` makes run r; a failed run (None, or an error set on the cell) ends
+        that tool's cell, and a first run slower than --max-case-seconds ends it after one."""
         n = dict.fromkeys(cells, 1)
         order = list(cells)
         if not order:
             return
         for r in range(self.args.repeat):
-            for tool in order[r % len(order) :] + order[: r % len(order)]:
+            for tool in round_order(order, r):
                 res = cells[tool]
                 if r >= n[tool]:
                     continue
@@ -372,7 +380,7 @@ class Bench:
                 ("download", self.workloads),
                 ("mount", [w for w in self.workloads if w in ("W1", "W2")]),
             ]
-            if "upload" not in self.cases and set(self.cases) - {"upload"}:
+            if "upload" not in self.cases and self.cases:
                 for name in self.workloads:
                     self.say(f"== seed {name} (untimed upload: the upload case was not asked for)")
                     self.seed(name)

@@ -102,3 +102,18 @@ def test_cases_without_the_upload_case_get_their_buckets_from_an_untimed_upload(
         assert not row["error"], (key, row["error"])
         assert [run["rc"] for run in row["runs"]] == [0, 0], key
     assert rows[("nochange", "W2", "hangar")]["sent"] == [0, 0]
+
+
+def test_rounds_vary_both_who_goes_first_and_who_goes_after_whom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.run import round_order
+
+    tools = ["hangar", "s5cmd", "aws"]
+    rounds = [round_order(tools, r) for r in range(6)]
+    assert rounds[0] == tools
+    assert all(sorted(o) == sorted(tools) for o in rounds)
+    assert {o[0] for o in rounds[:3]} == set(tools)  # each tool first once in 3 rounds
+    before_hangar = {o[o.index("hangar") - 1] for o in rounds if o[0] != "hangar"}
+    assert before_hangar == {"s5cmd", "aws"}  # not always the same predecessor
