@@ -175,10 +175,7 @@ class Bench:
     # -- cases -------------------------------------------------------------------------------
     def case_upload(self, name: str) -> None:
         w = self.sizes[name]
-        only = self.args.upload_tools.split(",") if self.args.upload_tools else self.tools
-        cells = {
-            t: Result("upload", name, t, w.files, w.total_bytes) for t in self.tools if t in only
-        }
+        cells = {t: Result("upload", name, t, w.files, w.total_bytes) for t in self.uploaders()}
         self.results.extend(cells.values())
 
         self.rounds(cells, lambda tool, r: self._upload(name, tool, str(r), cells[tool]))
@@ -208,12 +205,16 @@ class Bench:
                 self.homes[name] = home
         return run
 
+    def uploaders(self) -> list[str]:
+        """The tools that upload: those of --upload-tools when given, else all, in order."""
+        only = self.args.upload_tools.split(",") if self.args.upload_tools else self.tools
+        return [t for t in self.tools if t in only]
+
     def seed(self, name: str) -> None:
         """Without the upload case, the cases that need buckets get them from one untimed
         upload per tool (those of --upload-tools, when given), reported nowhere."""
-        only = self.args.upload_tools.split(",") if self.args.upload_tools else self.tools
         w = self.sizes[name]
-        for tool in (t for t in self.tools if t in only):
+        for tool in self.uploaders():
             res = Result("seed", name, tool, w.files, w.total_bytes)
             if self._upload(name, tool, "seed", res) is None:
                 self.say(f"    seed upload of {name} with {tool} failed: {res.error}")
