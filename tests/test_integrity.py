@@ -120,11 +120,11 @@ def test_large_files_are_hashed_while_sent_and_checked_by_crc32_on_copy(
     import hashlib
     import zlib
 
-    from hangar.stores import _obstore
+    from hangar.stores import _ranges
 
     monkeypatch.setenv("HANGAR_PART_SIZE", "5MiB")
-    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * 1024 * 1024)
-    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * 1024 * 1024 + 17)  # ranges of odd sizes
+    monkeypatch.setattr(_ranges, "PARALLEL_MIN", 6 * 1024 * 1024)
+    monkeypatch.setattr(_ranges, "RANGE_SIZE", 2 * 1024 * 1024 + 17)  # ranges of odd sizes
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(12 * 1024 * 1024 + 123)

@@ -643,9 +643,9 @@ def test_a_large_object_replaced_during_a_ranged_download_fails_cleanly(
 ) -> None:
     """Every range asks for the ETag the download started with (If-Match): an object replaced
     between the first GET and its ranges fails the download instead of mixing two versions."""
-    from hangar.stores import _obstore
+    from hangar.stores import _obstore, _ranges
 
-    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_ranges, "PARALLEL_MIN", 6 * MiB)
     store = _new_bucket(s3_backend, part_size=5 * MiB)
     path, meta = _file(tmp_path, "big.bin", os.urandom(8 * MiB))
     store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
@@ -673,11 +673,11 @@ def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
     as it is now, checked, whether it grew, shrank or became empty."""
     from trust_helpers import route_through
 
-    from hangar.stores import _obstore
+    from hangar.stores import _ranges
 
     backend: Any = request.getfixturevalue(f"{store_type}_backend")
-    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
-    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * MiB + 17)
+    monkeypatch.setattr(_ranges, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_ranges, "RANGE_SIZE", 2 * MiB + 17)
     data = os.urandom(12 * MiB + 5)
     ranges = -(-len(data) // (2 * MiB + 17))
     with FaultProxy(backend.endpoint) as proxy:
@@ -700,8 +700,8 @@ def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
         assert fetch(None) == (data, ranges + 1, len(data))  # the first GET opened, dropped
         with contextlib.ExitStack() as taken:  # both ranged-download slots busy: in order
             for _ in range(2):
-                assert _obstore._RANGED_FILES.acquire(blocking=False)
-                taken.callback(_obstore._RANGED_FILES.release)
+                assert _ranges.RANGED_FILES.acquire(blocking=False)
+                taken.callback(_ranges.RANGED_FILES.release)
             assert fetch(listed.size) == (data, 2, len(data))  # first range, then the rest
         for now in (b"", b"small", os.urandom(7 * MiB), os.urandom(20 * MiB)):
             path, meta = _file(tmp_path, "big.bin", now)
@@ -709,34 +709,51 @@ def test_a_listed_large_object_is_fetched_in_ranges_from_its_first_request(
             assert fetch(listed.size)[0] == now, len(now)
 
 
-# What marks a request made by hangar.stores._direct: a URL obstore signed.
+# What marks a request made by hangar.stores._direct: a URL obstore signed (S3, Azure), or the
+# GCS media URL of a generation without the library's ifGenerationMatch.
 _SIGNED = {"s3": "X-Amz-Signature=", "azure": "sig="}
 
 
-@pytest.mark.parametrize("store_type", ["s3", "azure"])
-def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_obstore(
+def _is_direct(store_type: str, method: str, path: str) -> bool:
+    if method != "GET":
+        return False
+    if store_type == "gcs":
+        return "alt=media&generation=" in path and "ifGenerationMatch" not in path
+    return _SIGNED[store_type] in path
+
+
+def _direct_gets(proxy: FaultProxy, store_type: str) -> int:
+    with proxy.state.lock:
+        seen = list(proxy.state.requests)
+    return sum(1 for method, path in seen if _is_direct(store_type, method, path))
+
+
+@pytest.mark.parametrize("store_type", ["s3", "azure", "gcs"])
+def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_the_sdk(
     store_type: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ranges read over the standard library's client fall back to obstore, from the byte
-    reached: a body cut short costs one more GET for its rest; a kept connection found closed
-    is replaced once; a refused request (here a 500)
-    sends that range and the rest of the file through obstore (which retries); a configured
-    proxy keeps every request on obstore. Every download is complete and checked, and what
+    """Ranges read over the standard library's client fall back to the store's SDK (obstore,
+    google-cloud-storage), from the byte reached: a body cut short costs one more GET for its
+    rest; a kept connection found closed is replaced once; a refused request (here a 500)
+    sends that range and the rest of the file through the SDK (which retries); a configured
+    proxy keeps every request on the SDK. Every download is complete and checked, and what
     the file's writer raises still stops the download with nothing left."""
     from trust_helpers import route_through
 
-    from hangar.stores import _obstore
+    from hangar.stores import _ranges
 
     backend: Any = request.getfixturevalue(f"{store_type}_backend")
-    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
-    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * MiB)
-    monkeypatch.setattr(_obstore, "RANGE_WINDOW", 2)
+    monkeypatch.setattr(_ranges, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_ranges, "RANGE_SIZE", 2 * MiB)
+    monkeypatch.setattr(_ranges, "RANGE_WINDOW", 2)
     data = os.urandom(12 * MiB + 5)
     ranges = 7
-    signed = _SIGNED[store_type]
+    # obstore's first GET asks for the first range (and brings the metadata); GCS asks for the
+    # metadata alone, then every range goes direct.
+    first = ranges if store_type == "gcs" else ranges - 1
 
-    def is_signed(method: str, path: str) -> bool:
-        return method == "GET" and signed in path
+    def is_direct(method: str, path: str) -> bool:
+        return _is_direct(store_type, method, path)
 
     with FaultProxy(backend.endpoint) as proxy:
         route_through(proxy, backend, monkeypatch)
@@ -747,31 +764,31 @@ def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_obstore(
         out.parent.mkdir()
 
         def fetch() -> tuple[int, int]:
-            """(signed GETs, obstore's GETs) of one download, checked."""
-            before = proxy.count("GET", "big.bin"), proxy.count("GET", signed)
+            """(direct GETs, the SDK's GETs) of one download, checked."""
+            before = proxy.count("GET", "big.bin"), _direct_gets(proxy, store_type)
             got: list[int] = []
             store.get_file("big.bin", out, progress=got.append, size=len(data))
             assert out.read_bytes() == data and sum(got) == len(data)
-            direct = proxy.count("GET", signed) - before[1]
+            direct = _direct_gets(proxy, store_type) - before[1]
             return direct, proxy.count("GET", "big.bin") - before[0] - direct
 
-        assert fetch() == (ranges - 1, 1)
-        proxy.fail_next(2, "cut", match=is_signed)  # half the body, then the connection closes
-        assert fetch() == (ranges - 1, 1 + 2)
+        assert fetch() == (first, 1)
+        proxy.fail_next(2, "cut", match=is_direct)  # half the body, then the connection closes
+        assert fetch() == (first, 1 + 2)
         seen: list[str] = []
 
-        def third_signed(method: str, path: str) -> bool:  # on a connection kept from before
-            seen.extend([path] if is_signed(method, path) else [])
-            return len(seen) == 3 and is_signed(method, path)
+        def third_direct(method: str, path: str) -> bool:  # on a connection kept from before
+            seen.extend([path] if is_direct(method, path) else [])
+            return len(seen) == 3 and is_direct(method, path)
 
-        proxy.fail_next(1, "drop", match=third_signed)  # as a server closing an idle connection
-        assert fetch() == (ranges - 1 + 1, 1)  # asked again on a new connection
-        proxy.fail_next(1, 500, match=is_signed)
+        proxy.fail_next(1, "drop", match=third_direct)  # as a server closing an idle connection
+        assert fetch() == (first + 1, 1)  # asked again on a new connection
+        proxy.fail_next(1, 500, match=is_direct)
         direct, other = fetch()
-        assert direct < ranges - 1 and direct + other >= ranges + 1, (direct, other)
+        assert direct < first and direct + other >= ranges + 1, (direct, other)
         with monkeypatch.context() as env:
             env.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # the endpoint is http: unused
-            assert fetch() == (0, ranges)
+            assert fetch() == (0, ranges + (store_type == "gcs"))
 
         def stop_midway(n: int, seen: list[int] = []) -> None:  # noqa: B006 - a counter
             seen.append(n)
@@ -782,7 +799,83 @@ def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_obstore(
         with pytest.raises(KeyboardInterrupt):
             store.get_file("big.bin", out, progress=stop_midway, size=len(data))
         assert list(out.parent.iterdir()) == []
-        assert fetch() == (ranges - 1, 1)  # and the next one is whole
+        assert fetch() == (first, 1)  # and the next one is whole
+
+
+def test_a_large_gcs_download_is_checked_by_the_objects_crc32c_and_pinned_to_its_generation(
+    gcs_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCS's CRC32C of the object, combined from the ranges', catches a byte flipped on the
+    way: the file is fetched once more, and fails (nothing left) if it comes wrong again. An
+    object replaced after its metadata was read fails the download instead of mixing versions.
+    Given credentials, each direct range carries their bearer token, refreshed when expired."""
+    import datetime
+
+    from google.oauth2.credentials import Credentials
+    from trust_helpers import route_through
+
+    from hangar.errors import ChecksumMismatch
+    from hangar.stores import _ranges
+    from hangar.stores.gcs import GcsStore
+
+    monkeypatch.setattr(_ranges, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_ranges, "RANGE_SIZE", 2 * MiB + 17)
+    data = os.urandom(12 * MiB + 5)
+    ranges = -(-len(data) // (2 * MiB + 17))
+
+    def is_direct(method: str, path: str) -> bool:
+        return _is_direct("gcs", method, path)
+
+    with FaultProxy(gcs_backend.endpoint) as proxy:
+        route_through(proxy, gcs_backend, monkeypatch)
+        store = _new_bucket(gcs_backend, part_size=5 * MiB)
+        path, meta = _file(tmp_path, "big.bin", data)
+        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+        out = tmp_path / "dest" / "big.bin"
+        out.parent.mkdir()
+
+        before = _direct_gets(proxy, "gcs")
+        proxy.fail_next(1, "corrupt-response", match=is_direct)
+        store.get_file("big.bin", out, progress=lambda n: None)
+        assert out.read_bytes() == data
+        assert _direct_gets(proxy, "gcs") - before == 2 * ranges  # the whole file, twice
+        assert proxy.state.by_kind["corrupt-response"] == 1
+
+        out.unlink()
+        proxy.fail_next(2 * ranges, "corrupt-response", match=is_direct)  # both tries
+        with pytest.raises(ChecksumMismatch, match=r"big\.bin: the bytes received have CRC32C"):
+            store.get_file("big.bin", out, progress=lambda n: None)
+        assert list(out.parent.iterdir()) == []
+        assert proxy.state.by_kind["corrupt-response"] == 1 + 2 * ranges
+
+        ranged = GcsStore._ranged_once
+
+        def replaced_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+            gcs_backend.client.bucket(store.bucket).blob("big.bin").upload_from_string(b"x" * MiB)
+            return ranged(self, *args, **kwargs)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(GcsStore, "_ranged_once", replaced_first)
+            with pytest.raises(StoreError, match="replaced or deleted while it was being down"):
+                store.get_file("big.bin", out, progress=lambda n: None)
+        assert list(out.parent.iterdir()) == []
+
+        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+        issued: list[str] = []
+
+        def refresh(request: Any, scopes: Any) -> tuple[str, datetime.datetime]:
+            issued.append(f"token-{len(issued) + 1}")
+            now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+            return issued[-1], now + datetime.timedelta(hours=1)
+
+        expired = datetime.datetime(2020, 1, 1)
+        credentials = Credentials(token="stale", expiry=expired, refresh_handler=refresh)
+        signed_in = GcsStore(store.bucket, credentials=credentials)
+        proxy.state.authorizations.clear()
+        signed_in.get_file("big.bin", out, progress=lambda n: None)
+        assert out.read_bytes() == data
+        direct = [auth for p, auth in proxy.state.authorizations if is_direct("GET", p)]
+        assert len(direct) == ranges and set(direct) == {f"Bearer {issued[0]}"}, direct
 
 
 def test_preallocate_gives_the_file_its_blocks_or_refuses_with_the_name(tmp_path: Path) -> None:
@@ -832,10 +925,10 @@ def test_a_large_download_the_disk_cannot_hold_fails_before_fetching_its_ranges(
 
     from trust_helpers import route_through
 
-    from hangar.stores import _obstore
+    from hangar.stores import _ranges
 
-    monkeypatch.setattr(_obstore, "PARALLEL_MIN", 6 * MiB)
-    monkeypatch.setattr(_obstore, "RANGE_SIZE", 2 * MiB)
+    monkeypatch.setattr(_ranges, "PARALLEL_MIN", 6 * MiB)
+    monkeypatch.setattr(_ranges, "RANGE_SIZE", 2 * MiB)
     data = os.urandom(12 * MiB)
     with FaultProxy(s3_backend.endpoint) as proxy:
         route_through(proxy, s3_backend, monkeypatch)
@@ -968,3 +1061,23 @@ def test_file_crc32_in_parallel_slices_is_the_crc32_of_the_file(size: int, tmp_p
     path.write_bytes(data)
     for workers in (1, 2, 3):
         assert file_crc32(path, workers) == f"{zlib.crc32(data):08x}"
+
+
+def test_crc32c_of_ranges_combines_into_the_crc32c_of_the_file() -> None:
+    """GCS's large downloads combine the CRC32C of their ranges: the same as the library's
+    CRC32C of the whole, for empty, odd and large slices."""
+    import random
+
+    import google_crc32c
+
+    from hangar.stores.gcs import _crc32c_combine, _crc32c_join
+
+    rng = random.Random(7)
+    for _ in range(200):
+        a = os.urandom(rng.randint(0, 3000))
+        b = os.urandom(rng.choice([0, 1, 7, rng.randint(0, 5000)]))
+        got = _crc32c_combine(google_crc32c.value(a), google_crc32c.value(b), len(b))
+        assert got == google_crc32c.value(a + b)
+    data, step = os.urandom(3 * MiB + 11), MiB + 1
+    crcs = [google_crc32c.value(data[i : i + step]) for i in range(0, len(data), step)]
+    assert _crc32c_join(crcs, step, len(data)) == google_crc32c.value(data)

@@ -79,6 +79,8 @@ class ProxyState:
     faults: list[Fault] = field(default_factory=list)
     random_faults: RandomFaults | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    # (path, Authorization header) of the requests that carried one
+    authorizations: list[tuple[str, str]] = field(default_factory=list)
     # (method, path, status) of requests forwarded and answered in full
     completed: list[tuple[str, str, int]] = field(default_factory=list)
     delays: list[tuple[float, Match]] = field(default_factory=list)
@@ -202,6 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.state.inflight -= 1
 
     def _handle_one(self) -> None:
+        authorization = self.headers.get("Authorization")
+        if authorization:
+            with self.state.lock:
+                self.state.authorizations.append((self.path, authorization))
         kind = self.state.take_fault(self.command, self.path)
         if kind == "reset" and self._length() > 1:
             self.rfile.read(self._length() // 2)

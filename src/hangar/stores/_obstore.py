@@ -24,7 +24,6 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from hangar.errors import (
     ObjectNotFound,
     StoreError,
 )
+from hangar.stores import _ranges
 from hangar.stores._common import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_READ_TIMEOUT,
@@ -79,15 +79,6 @@ if TYPE_CHECKING:
     from hangar.stores._direct import RangeReader
 
 _DELETE_BATCH = 1000
-# Large downloads: objects above PARALLEL_MIN are fetched as ranged GETs of RANGE_SIZE bytes,
-# RANGE_WINDOW at a time (see ObstoreDataPlane._ranged_body), by at most 2 files at once.
-# Measured on W1 (1 GiB, SeaweedFS on the same 2 cores): 8, 16, 32 and 64 MiB ranges with 4-16
-# streams all land within noise of each other (1.7-2.4 s); 32 MiB x 8 needs the fewest requests
-# of the fastest settings.
-PARALLEL_MIN = 64 * 1024 * 1024
-RANGE_SIZE = 32 * 1024 * 1024
-RANGE_WINDOW = 8
-_RANGED_FILES = threading.BoundedSemaphore(2)
 _SIGNED_FOR = 3600  # seconds a URL signed for the direct range reader is valid
 # A ranged GET of an object that is empty (S3 InvalidRange, HTTP 416).
 _NOT_SATISFIABLE = re.compile(r"\b416\b|InvalidRange")
@@ -386,7 +377,7 @@ class ObstoreDataPlane:
                     result.meta.get("e_tag")
                 )
             total, etag = int(result.meta["size"]), result.meta.get("e_tag")
-            ranged = total > PARALLEL_MIN and _RANGED_FILES.acquire(blocking=False)
+            ranged = total > _ranges.PARALLEL_MIN and _ranges.RANGED_FILES.acquire(blocking=False)
             head = result if partial else None  # the first range, already requested
             if ranged and not partial:
                 del result  # its body is fetched in ranges instead: dropping it closes it
@@ -419,7 +410,7 @@ class ObstoreDataPlane:
                 ) from None
             finally:
                 if ranged:
-                    _RANGED_FILES.release()
+                    _ranges.RANGED_FILES.release()
             set_mtime(path, mtime_ns)
             return
 
@@ -429,9 +420,10 @@ class ObstoreDataPlane:
         object became empty since it was listed, which refuses any range)."""
         data, full = self._data(), self._full(key)
         try:
-            if size is not None and size > PARALLEL_MIN:
+            if size is not None and size > _ranges.PARALLEL_MIN:
                 try:
-                    return obstore.get(data, full, options={"range": (0, RANGE_SIZE)}), True
+                    first = (0, _ranges.RANGE_SIZE)
+                    return obstore.get(data, full, options={"range": first}), True
                 except ObstoreError as exc:
                     if not _NOT_SATISFIABLE.search(str(exc)):
                         raise
@@ -459,17 +451,12 @@ class ObstoreDataPlane:
         progress: Progress,
         head: Any = None,
     ) -> str:
-        """Fetch `size` bytes of `full` as ranged GETs of RANGE_SIZE, RANGE_WINDOW at a time,
-        each written at its offset as its chunks arrive, and return the hex `algo` of the file.
-        `head` is the response to a GET of the first range already made, if any.
-
-        One streamed response tops out near 100-250 MB/s here, and writing big buffers in
-        order from one thread cost twice the time of the fetch (W1: 4.6 s against 1.9 s), so
-        each range's chunks go to the file with `pwrite` from the thread that receives them:
-        memory stays near a chunk per stream. Every range asks for the object's ETag
-        (If-Match), so an object replaced meanwhile fails the download instead of mixing two
-        versions. A CRC-32 is computed per range and combined; an MD5 (which cannot be) is
-        computed by reading the file back once it is complete.
+        """Fetch `size` bytes of `full` in parallel ranges written in place (stores/_ranges.py)
+        and return the hex `algo` of the file. `head` is the response to a GET of the first
+        range already made, if any. Every range asks for the object's ETag (If-Match), so an
+        object replaced meanwhile fails the download instead of mixing two versions. A CRC-32
+        is computed per range and combined; an MD5 (which cannot be) is computed by reading the
+        file back once it is complete.
 
         The ranges after the first are read by the standard library's HTTP client from URLs
         obstore signs, straight into a reused buffer (stores/_direct.py: a 1 GiB COPY, 6
@@ -479,59 +466,32 @@ class ObstoreDataPlane:
         data = self._data()
         base: dict[str, Any] = {"if_match": etag} if etag else {}
         out.flush()
-        fd = out.fileno()
         direct = self._range_reader(full, etag)
-        # One writer at a time: ext4 (like most filesystems) serializes buffered writes to a
-        # file on its inode lock anyway, and threads queued there spin on the CPU the server
-        # needs (perf of a slow COPY: rwsem_spin_on_owner 11%); a Python lock waits asleep.
-        # 1 GiB COPY right after a 10,000-file upload (when every tool here runs slower),
-        # 5 rounds: medians 2.03 -> 1.62 s, client CPU 1.71 -> 1.13 s.
-        writing = threading.Lock()
 
-        def fetch(start: int) -> int:
-            end = min(start + RANGE_SIZE, size)
-            crc, pos = 0, start
-
-            def write(chunk: Any) -> None:
-                nonlocal crc, pos
-                view = memoryview(chunk)
-                with writing:
-                    while view:
-                        n = os.pwrite(fd, view, pos)
-                        pos += n
-                        view = view[n:]
-                if algo == "crc32":
-                    crc = crc32(chunk, crc)
-                progress(len(chunk))
-
+        def fetch(start: int, end: int, write: _ranges.Write) -> None:
+            pos = start
             if start == 0 and head is not None:
                 got = head
             else:
                 if direct is not None:
-                    direct.fetch(start, end, write)
+                    pos = direct.fetch(start, end, write)
                 options: Any = {"range": (pos, end), **base}
                 got = obstore.get(data, full, options=options) if pos < end else None
             if got is not None:
                 for chunk in got.stream(min_chunk_size=0):  # as received: no bigger buffers
                     write(chunk)
-            if pos != end:
-                raise StoreError(
-                    f"download {self.bucket_url}/{full}: the server sent {pos - start} bytes for "
-                    f"the range {start}-{end}; nothing was written. To fix: run it again."
-                )
-            return crc
 
-        pool = ThreadPoolExecutor(max_workers=RANGE_WINDOW)
         try:
-            futures = [pool.submit(fetch, start) for start in range(0, size, RANGE_SIZE)]
-            crcs = [f.result() for f in futures]
-        finally:  # a failed range stops the ones not started yet
-            pool.shutdown(wait=True, cancel_futures=True)
+            crcs = _ranges.fetch_ranges(
+                out.fileno(), size, fetch, progress,
+                checksum="crc32" if algo == "crc32" else None, where=f"{self.bucket_url}/{full}",
+            )  # fmt: skip
+        finally:
             if direct is not None:
                 direct.close()
         if algo == "crc32":
-            return combined_crc32(crcs, RANGE_SIZE, size)
-        return _md5_of_fd(fd, size)
+            return combined_crc32(crcs, _ranges.RANGE_SIZE, size)
+        return _md5_of_fd(out.fileno(), size)
 
     def _range_reader(self, full: str, etag: str | None) -> RangeReader | None:
         """The standard library's HTTP client for a large download's ranges (see
