@@ -878,6 +878,70 @@ def test_a_large_gcs_download_is_checked_by_the_objects_crc32c_and_pinned_to_its
         assert len(direct) == ranges and set(direct) == {f"Bearer {issued[0]}"}, direct
 
 
+def test_a_gcs_copy_gets_each_small_object_in_one_request(
+    gcs_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given its listing entry, a small GCS object costs one GET, not a metadata request and
+    then a GET: a COPY of 6 files makes 6 object requests. An entry gone stale (the object
+    replaced since it was listed) costs the metadata and a second GET, and gets the object as
+    it is now; bytes damaged on the way are fetched once more, then refused (nothing left)."""
+    from trust_helpers import route_through
+
+    from hangar.api import Storage, download
+    from hangar.errors import ChecksumMismatch
+
+    src = tmp_path / "src"
+    files = {f"d{i % 2}/f{i}.bin": os.urandom(1000 + i) for i in range(6)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    name = unique_bucket("one")
+    with FaultProxy(gcs_backend.endpoint) as proxy:
+        route_through(proxy, gcs_backend, monkeypatch)
+        Storage(name=name, source=str(src), stores=["gcs"]).upload()
+
+        def object_gets(since: int) -> list[str]:
+            """GETs of an object's bytes ("media") or metadata ("meta") since request `since`."""
+            with proxy.state.lock:
+                seen = proxy.state.requests[since:]
+            return [
+                "media" if "alt=media" in path else "meta"
+                for method, path in seen
+                if method == "GET" and "/o/" in path
+            ]
+
+        before = len(proxy.state.requests)
+        download(name, tmp_path / "copy")
+        assert object_gets(before) == ["media"] * len(files)
+        for rel, data in files.items():
+            assert (tmp_path / "copy" / rel).read_bytes() == data
+
+        store = open_store("gcs", name)
+        listed = {o.key: o for o in store.list()}
+        gcs_backend.client.bucket(name).blob("d0/f0.bin").upload_from_string(b"now")
+        out = tmp_path / "out" / "f0.bin"
+        out.parent.mkdir()
+        before = len(proxy.state.requests)
+        store.get_file("d0/f0.bin", out, progress=lambda n: None, listed=listed["d0/f0.bin"])
+        assert out.read_bytes() == b"now"
+        assert object_gets(before) == ["media", "meta", "media"]
+
+        def media(method: str, path: str) -> bool:
+            return method == "GET" and "alt=media" in path
+
+        info = listed["d1/f1.bin"]
+        before = len(proxy.state.requests)
+        proxy.fail_next(1, "corrupt-response", match=media)
+        store.get_file(info.key, out, progress=lambda n: None, listed=info)
+        assert out.read_bytes() == files["d1/f1.bin"]
+        assert object_gets(before) == ["media", "media"]
+        out.unlink()
+        proxy.fail_next(2, "corrupt-response", match=media)
+        with pytest.raises(ChecksumMismatch, match="did not match the checksum GCS sent"):
+            store.get_file(info.key, out, progress=lambda n: None, listed=info)
+        assert list(out.parent.iterdir()) == []
+
+
 def test_preallocate_gives_the_file_its_blocks_or_refuses_with_the_name(tmp_path: Path) -> None:
     """The reserved file has its size in allocated blocks (not a sparse hole); a file the
     process may not grow that far (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) is refused

@@ -55,7 +55,7 @@ def _md5_of_object(store: Store, info: ObjectInfo, workdir: Path, progress: Prog
     with tempfile.NamedTemporaryFile(dir=workdir, delete=False) as tmp:
         path = Path(tmp.name)
     try:
-        store.get_file(info.key, path, progress=progress.advance, size=info.size)
+        store.get_file(info.key, path, progress=progress.advance, size=info.size, listed=info)
         return file_md5(path)
     finally:
         path.unlink(missing_ok=True)

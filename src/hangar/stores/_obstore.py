@@ -356,7 +356,13 @@ class ObstoreDataPlane:
         )
 
     def get_file(
-        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        progress: Progress,
+        size: int | None = None,
+        listed: ObjectInfo | None = None,
     ) -> None:
         """Stream `key` into a temporary file beside `path`, then rename it into place and give
         it the recorded source mtime. The bytes are checked against the checksum recorded at

@@ -153,13 +153,21 @@ class Store(Protocol):
         ...
 
     def get_file(
-        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        progress: Progress,
+        size: int | None = None,
+        listed: ObjectInfo | None = None,
     ) -> None:
         """Download `key` to `path` (parent directories must exist), writing a temporary file
         beside it and renaming it into place. `size` is the object's size as listed, when the
         caller knows it: a store may plan the transfer from it (the obstore stores fetch a
         large object in ranges from the first request); a stale one costs only speed.
-        Raises ObjectNotFound."""
+        `listed` is the whole listing entry, when the caller has it: GCS then skips asking for
+        the object's metadata (its checksum is compared with the download's instead). A stale
+        one costs only speed too. Raises ObjectNotFound."""
         ...
 
     def delete(self, keys: Iterable[str]) -> None:

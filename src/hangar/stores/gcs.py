@@ -148,6 +148,10 @@ class _Corrupt(Exception):
     """The bytes of a download do not have the object's CRC32C."""
 
 
+class _NotAsListed(Exception):
+    """The object downloaded is not the one listed (another MD5, or none)."""
+
+
 class _Sink:
     """A file-like `write` for the library's download that hands each chunk on."""
 
@@ -420,15 +424,28 @@ class GcsStore:
             return None
 
     def get_file(
-        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        progress: Progress,
+        size: int | None = None,
+        listed: ObjectInfo | None = None,
     ) -> None:
         """Download `key` (bytes as stored, checksum-verified) into a temporary file beside
         `path`, then rename it into place with the recorded source mtime. An object whose
         stored MD5 is not the one recorded at upload is refused. Objects above PARALLEL_MIN
         come in parallel ranges (`_get_ranged`), the others in one request through the
-        library, which checks GCS's MD5 or CRC32C of them. Raises ObjectNotFound,
+        library, which checks GCS's MD5 or CRC32C of them. Given the `listed` entry of a
+        small object with an MD5, that request is the only one: the MD5 the answer carries
+        must be the listed one, else the object changed (or is damaged in the bucket) and it
+        is fetched again after its metadata, as without a listing. Raises ObjectNotFound,
         ChecksumMismatch, StoreError."""
         full = self.prefix + check_key(key)
+        md5 = listed.md5 if listed is not None and listed.size <= _ranges.PARALLEL_MIN else None
+        if md5 and self._get_whole(self._bucket().blob(full), key, path, progress, md5):
+            set_mtime(path, listed.mtime_ns if listed is not None else None)
+            return
         try:
             blob = self._bucket().get_blob(full, retry=self._retry, timeout=self._timeout)
         except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
@@ -451,6 +468,17 @@ class GcsStore:
             finally:
                 _ranges.RANGED_FILES.release()
         else:
+            self._get_whole(blob, key, path, progress)
+        set_mtime(path, parse_int((blob.metadata or {}).get(META_MTIME)))
+
+    def _get_whole(
+        self, blob: Any, key: str, path: Path, progress: Progress, md5: str | None = None
+    ) -> bool:
+        """One GET of the whole object (of `blob`'s generation, when known) into `path`,
+        through the library, which checks the bytes against the checksum GCS sends with them;
+        damaged bytes are fetched once more. With `md5`, the answer must carry that MD5:
+        False when it does not (nothing is left at `path`)."""
+        for attempt in (1, 2):
             try:
                 with atomic_download(path) as out:
                     blob.download_to_file(
@@ -460,9 +488,22 @@ class GcsStore:
                         retry=self._retry,
                         timeout=self._timeout,
                     )
+                    if md5 is not None and _b64_md5_hex(blob.md5_hash) != md5:
+                        raise _NotAsListed  # leaving the block by an exception removes the file
+                return True
+            except _NotAsListed:
+                return False
+            except DataCorruption:
+                if attempt == 2:
+                    raise ChecksumMismatch(
+                        f"download {self.url}/{key}: the bytes received twice did not match the "
+                        f"checksum GCS sent with them; nothing was written to {path}. To fix: "
+                        "run the download again; if this persists, look for a faulty proxy or "
+                        "disk between here and GCS."
+                    ) from None
             except (gexc.GoogleAPIError, GoogleAuthError, OSError) as exc:
                 raise self._error(exc, "download", key) from None
-        set_mtime(path, parse_int((blob.metadata or {}).get(META_MTIME)))
+        return False
 
     def _get_ranged(self, blob: Any, key: str, path: Path, progress: Progress) -> None:
         """A large object in parallel ranges of its generation (stores/_ranges.py), each read

@@ -209,7 +209,13 @@ class LocalStore:
         return ObjectInfo(key=key, size=size, mtime_ns=meta.mtime_ns, md5=md5, crc32=crc)
 
     def get_file(
-        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        progress: Progress,
+        size: int | None = None,
+        listed: ObjectInfo | None = None,
     ) -> None:
         src = self._obj(key)
         if not src.is_file():

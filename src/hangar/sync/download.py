@@ -208,7 +208,9 @@ def _run(
     def fetch(job: _Job) -> None:
         if cancel.is_set():
             raise Cancelled("cancelled")
-        store.get_file(job.obj.key, Path(job.path), progress=advance, size=job.obj.size)
+        store.get_file(
+            job.obj.key, Path(job.path), progress=advance, size=job.obj.size, listed=job.obj
+        )
         mtime = job.obj.mtime_ns
         if mtime is not None:
             os.utime(job.path, ns=(mtime, mtime))
