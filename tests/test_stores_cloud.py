@@ -728,6 +728,22 @@ def _direct_gets(proxy: FaultProxy, store_type: str) -> int:
     return sum(1 for method, path in seen if _is_direct(store_type, method, path))
 
 
+def _big_behind(
+    proxy: FaultProxy, backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes
+) -> tuple[Store, Path]:
+    """A new bucket reached through `proxy` holding `data` as big.bin (sent in 5 MiB parts),
+    and where a download of it goes (its directory made, empty)."""
+    from trust_helpers import route_through
+
+    route_through(proxy, backend, monkeypatch)
+    store = _new_bucket(backend, part_size=5 * MiB)
+    path, meta = _file(tmp_path, "big.bin", data)
+    store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
+    out = tmp_path / "dest" / "big.bin"
+    out.parent.mkdir()
+    return store, out
+
+
 @pytest.mark.parametrize("store_type", ["s3", "azure", "gcs"])
 def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_the_sdk(
     store_type: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -738,7 +754,6 @@ def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_the_sdk(
     sends that range and the rest of the file through the SDK (which retries); a configured
     proxy keeps every request on the SDK. Every download is complete and checked, and what
     the file's writer raises still stops the download with nothing left."""
-    from trust_helpers import route_through
 
     from hangar.stores import _ranges
 
@@ -756,12 +771,7 @@ def test_a_ranged_download_hands_what_the_direct_path_cannot_do_to_the_sdk(
         return _is_direct(store_type, method, path)
 
     with FaultProxy(backend.endpoint) as proxy:
-        route_through(proxy, backend, monkeypatch)
-        store = _new_bucket(backend, part_size=5 * MiB)
-        path, meta = _file(tmp_path, "big.bin", data)
-        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
-        out = tmp_path / "dest" / "big.bin"
-        out.parent.mkdir()
+        store, out = _big_behind(proxy, backend, tmp_path, monkeypatch, data)
 
         def fetch() -> tuple[int, int]:
             """(direct GETs, the SDK's GETs) of one download, checked."""
@@ -812,7 +822,6 @@ def test_a_large_gcs_download_is_checked_by_the_objects_crc32c_and_pinned_to_its
     import datetime
 
     from google.oauth2.credentials import Credentials
-    from trust_helpers import route_through
 
     from hangar.errors import ChecksumMismatch
     from hangar.stores import _ranges
@@ -827,12 +836,7 @@ def test_a_large_gcs_download_is_checked_by_the_objects_crc32c_and_pinned_to_its
         return _is_direct("gcs", method, path)
 
     with FaultProxy(gcs_backend.endpoint) as proxy:
-        route_through(proxy, gcs_backend, monkeypatch)
-        store = _new_bucket(gcs_backend, part_size=5 * MiB)
-        path, meta = _file(tmp_path, "big.bin", data)
-        store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
-        out = tmp_path / "dest" / "big.bin"
-        out.parent.mkdir()
+        store, out = _big_behind(proxy, gcs_backend, tmp_path, monkeypatch, data)
 
         before = _direct_gets(proxy, "gcs")
         proxy.fail_next(1, "corrupt-response", match=is_direct)
@@ -860,6 +864,7 @@ def test_a_large_gcs_download_is_checked_by_the_objects_crc32c_and_pinned_to_its
                 store.get_file("big.bin", out, progress=lambda n: None)
         assert list(out.parent.iterdir()) == []
 
+        path, meta = _file(tmp_path, "big.bin", data)  # the object as it was
         store.put_file(path, "big.bin", meta=meta, progress=lambda n: None)
         issued: list[str] = []
 
