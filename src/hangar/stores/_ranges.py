@@ -110,7 +110,8 @@ def fetch_ranges(
         wait(futures, return_when=FIRST_EXCEPTION)  # (an interrupt here ends it too)
     finally:  # the first failure stops the ranges not started yet
         pool.shutdown(wait=True, cancel_futures=True)
-    failed = next((f for f in futures if not f.cancelled() and f.exception()), None)
-    if failed is not None:
-        raise failed.exception()  # type: ignore[misc]
+    for future in futures:  # the earliest range's failure, if several failed
+        failure = None if future.cancelled() else future.exception()
+        if failure is not None:
+            raise failure
     return [f.result() for f in futures]
