@@ -69,7 +69,13 @@ class FakeStore:
         return ObjectInfo(key=key, size=len(self.objects[key]), mtime_ns=MTIME)
 
     def get_file(
-        self, key: str, path: Path, *, progress: Progress, size: int | None = None
+        self,
+        key: str,
+        path: Path,
+        *,
+        progress: Progress,
+        size: int | None = None,
+        listed: ObjectInfo | None = None,
     ) -> None:
         self.gets.append(key)
         if key in self.fail:

@@ -81,6 +81,7 @@ class ProxyState:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     # (path, Authorization header) of the requests that carried one
     authorizations: list[tuple[str, str]] = field(default_factory=list)
+    agents: list[tuple[str, str]] = field(default_factory=list)  # (path, User-Agent)
     # (method, path, status) of requests forwarded and answered in full
     completed: list[tuple[str, str, int]] = field(default_factory=list)
     delays: list[tuple[float, Match]] = field(default_factory=list)
@@ -205,8 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle_one(self) -> None:
         authorization = self.headers.get("Authorization")
-        if authorization:
-            with self.state.lock:
+        with self.state.lock:
+            self.state.agents.append((self.path, self.headers.get("User-Agent", "")))
+            if authorization:
                 self.state.authorizations.append((self.path, authorization))
         kind = self.state.take_fault(self.command, self.path)
         if kind == "reset" and self._length() > 1:

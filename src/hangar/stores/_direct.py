@@ -28,6 +28,7 @@ import http.client
 import os
 import ssl
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -51,8 +52,9 @@ def proxy_configured() -> bool:
 
 
 class RangeReader:
-    """Ranged GETs of one object, each from a freshly signed URL; one connection per thread,
-    kept for that thread's next range and closed by `close()`."""
+    """Ranged GETs of one object, each from a freshly signed URL (or of the object whose URL
+    each call names); one connection per thread, kept for that thread's next request and closed
+    by `close()` (or when the thread ends)."""
 
     def __init__(
         self,
@@ -68,14 +70,19 @@ class RangeReader:
         self._timeout = timeout or None
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: list[http.client.HTTPConnection] = []
+        # Weak: a thread that ends takes its connection with it (a store-wide reader serves
+        # the threads of many downloads).
+        self._conns: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
         self.refused = False  # a request failed before its first byte: the SDK does the rest
 
-    def fetch(self, start: int, end: int, write: Callable[[memoryview], None]) -> int:
-        """Ask for bytes [start, end) and pass them to `write` in order, as they arrive;
-        returns the offset reached (`end` when complete). Transfer failures end it early
-        without raising; what `write` raises (a full disk, a cancelled download) propagates."""
-        resp = None if self.refused else self._request(start, end)
+    def fetch(
+        self, start: int, end: int, write: Callable[[memoryview], None], url: str | None = None
+    ) -> int:
+        """Ask for bytes [start, end) (of the object at `url`, else at `sign()`) and pass them to
+        `write` in order, as they arrive; returns the offset reached (`end` when complete).
+        Transfer failures end it early without raising; what `write` raises (a full disk, a
+        cancelled download) propagates."""
+        resp = None if self.refused else self._request(start, end, url)
         if resp is None:
             return start
         if (
@@ -105,11 +112,11 @@ class RangeReader:
             raise
         return pos
 
-    def _request(self, start: int, end: int) -> http.client.HTTPResponse | None:
+    def _request(self, start: int, end: int, where: str | None) -> http.client.HTTPResponse | None:
         """The response to a GET of [start, end), or None (and `refused` set) when none came.
         A kept connection the server has closed meanwhile is replaced once."""
         try:
-            url = urlsplit(self._sign())
+            url = urlsplit(where or self._sign())
             more = self._more() if self._more is not None else {}
         except Exception:  # no URL or token (credentials gone): the SDK will say why
             self.refused = True
@@ -131,7 +138,7 @@ class RangeReader:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns = list(self._conns), weakref.WeakSet()
         for conn in conns:
             conn.close()
 
@@ -151,7 +158,7 @@ class RangeReader:
             raise ValueError(f"unsupported scheme {scheme!r}")
         self._local.conn = conn
         with self._lock:
-            self._conns.append(conn)
+            self._conns.add(conn)
         return conn, False
 
     def _drop(self) -> None:
