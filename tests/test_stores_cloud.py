@@ -728,6 +728,61 @@ def _direct_gets(proxy: FaultProxy, store_type: str) -> int:
     return sum(1 for method, path in seen if _is_direct(store_type, method, path))
 
 
+def test_a_small_gcs_upload_is_one_post_by_the_standard_librarys_client(
+    gcs_backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of one request goes up as one JSON API multipart POST by hangar.stores._direct,
+    with its MD5 and metadata, as the library would store it (read back by the cloud's own
+    client). Bytes damaged on the way are sent again by the library, and land right; a refused
+    POST hands that file and the rest of the store's uploads to the library."""
+    import base64 as b64
+
+    from trust_helpers import route_through
+
+    def is_post(method: str, path: str) -> bool:
+        return method == "POST" and "uploadType=multipart" in path
+
+    with FaultProxy(gcs_backend.endpoint) as proxy:
+        route_through(proxy, gcs_backend, monkeypatch)
+        store = _new_bucket(gcs_backend)
+        files = {f"d/f{i}.bin": os.urandom(2000 + i) for i in range(4)}
+
+        def put(key: str) -> list[str]:
+            """The uploads `key` took: "direct" (hangar) or "library" POSTs."""
+            before = len(proxy.state.agents)
+            path, meta = _file(tmp_path, "src.bin", files[key])
+            info = store.put_file(path, key, meta=meta, progress=lambda n: None)
+            md5 = hashlib.md5(files[key]).hexdigest()
+            assert (info.key, info.size, info.md5, info.mtime_ns) == (
+                key,
+                len(files[key]),
+                md5,
+                MTIME,
+            )
+            blob = gcs_backend.client.bucket(store.bucket).get_blob(key)
+            assert blob.download_as_bytes() == files[key]
+            assert b64.b64decode(blob.md5_hash).hex() == md5
+            assert blob.metadata == {"hangar-md5": md5, "hangar-mtime-ns": str(MTIME)}
+            with proxy.state.lock:
+                seen = proxy.state.agents[before:]
+            return [
+                "direct" if agent == "hangar" else "library"
+                for path, agent in seen
+                if "/upload/" in path
+            ]
+
+        assert put("d/f0.bin") == ["direct"]
+        proxy.fail_next(1, "corrupt", match=is_post)  # one byte flipped in the body sent
+        assert put("d/f1.bin") == ["direct", "library"]
+        assert put("d/f2.bin") == ["direct"]  # still on: that was this one request's damage
+        proxy.fail_next(1, 503, match=is_post)
+        assert put("d/f3.bin") == ["direct", "library"]  # the library retries, backing off
+        assert put("d/f0.bin") == ["direct"]
+        proxy.fail_next(1, 403, match=is_post)  # credentials refused: the library says why
+        assert put("d/f1.bin") == ["direct", "library"]
+        assert put("d/f2.bin") == ["library"]  # and does the store's uploads from now on
+
+
 def _big_behind(
     proxy: FaultProxy, backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes
 ) -> tuple[Store, Path]:

@@ -7,7 +7,8 @@ GCS `mediaLink`) are rewritten to the proxy's, so follow-up requests come back t
 
 Faults (`kind`):
 
-- ``"500"``, ``"503"`` (S3's SlowDown), ``"429"``: answer that status without forwarding;
+- ``"500"``, ``"503"`` (S3's SlowDown), ``"429"``, ``"403"``: answer that status without
+  forwarding;
 - ``"drop"``: close the connection without answering (nothing forwarded);
 - ``"reset"``: a mid-body TCP reset: a request with a body is read half-way and reset (nothing
   reaches the server); a request without one is forwarded and its response reset half-way;
@@ -50,7 +51,11 @@ INTERNAL = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
     b"<Message>We encountered an internal error. Please try again.</Message></Error>"
 )
-KINDS = ("500", "503", "429", "drop", "reset", "cut", "stall", "corrupt", "corrupt-response")
+FORBIDDEN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access denied.</Message></Error>"
+)
+KINDS = ("500", "503", "429", "403", "drop", "reset", "cut", "stall", "corrupt", "corrupt-response")
 Match = Callable[[str, str], bool]
 
 
@@ -173,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
 
     def _answer(self, status: int) -> None:
-        payload = {503: SLOWDOWN, 500: INTERNAL}.get(status, b"Too Many Requests")
+        payload = {503: SLOWDOWN, 500: INTERNAL, 403: FORBIDDEN}.get(status, b"Too Many Requests")
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))
@@ -216,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         body = self._body()
-        if kind in ("500", "503", "429"):
+        if kind in ("500", "503", "429", "403"):
             self._answer(int(kind))
             return
         if kind == "drop":

@@ -53,8 +53,8 @@ def proxy_configured() -> bool:
 
 class RangeReader:
     """Ranged GETs of one object, each from a freshly signed URL (or of the object whose URL
-    each call names); one connection per thread, kept for that thread's next request and closed
-    by `close()` (or when the thread ends)."""
+    each call names), and small uploads' POSTs; one connection per thread, kept for that
+    thread's next request and closed by `close()` (or when the thread ends)."""
 
     def __init__(
         self,
@@ -132,6 +132,28 @@ class RangeReader:
             except (OSError, http.client.HTTPException, ValueError):
                 self._drop()
                 if not kept:
+                    break
+        self.refused = True
+        return None
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes] | None:
+        """One POST of `body` (a small upload) over this thread's connection: the answer's
+        status and body, or None (and `refused` set) when no answer came, in which case the
+        server may or may not have acted on it."""
+        if self.refused:
+            return None
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        for _ in range(2):
+            kept = False
+            try:
+                conn, kept = self._connection(parts.scheme, parts.hostname or "", parts.port)
+                conn.request("POST", target, body=body, headers={**self._headers, **headers})
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except (OSError, http.client.HTTPException, ValueError):
+                self._drop()
+                if not kept:  # a kept connection found closed is replaced once
                     break
         self.refused = True
         return None
