@@ -113,47 +113,46 @@ class RangeReader:
         return pos
 
     def _request(self, start: int, end: int, where: str | None) -> http.client.HTTPResponse | None:
-        """The response to a GET of [start, end), or None (and `refused` set) when none came.
-        A kept connection the server has closed meanwhile is replaced once."""
+        """The response to a GET of [start, end), or None (and `refused` set) when none came."""
         try:
-            url = urlsplit(where or self._sign())
+            url = where or self._sign()
             more = self._more() if self._more is not None else {}
         except Exception:  # no URL or token (credentials gone): the SDK will say why
             self.refused = True
             return None
-        target = url.path + (f"?{url.query}" if url.query else "")
-        headers = {**self._headers, **more, "Range": f"bytes={start}-{end - 1}"}
-        for _ in range(2):
-            kept = False
-            try:
-                conn, kept = self._connection(url.scheme, url.hostname or "", url.port)
-                conn.request("GET", target, headers=headers)
-                return conn.getresponse()
-            except (OSError, http.client.HTTPException, ValueError):
-                self._drop()
-                if not kept:
-                    break
-        self.refused = True
-        return None
+        return self._send("GET", url, {**more, "Range": f"bytes={start}-{end - 1}"})
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes] | None:
         """One POST of `body` (a small upload) over this thread's connection: the answer's
         status and body, or None (and `refused` set) when no answer came, in which case the
         server may or may not have acted on it."""
-        if self.refused:
+        resp = None if self.refused else self._send("POST", url, headers, body)
+        if resp is None:
             return None
+        try:
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException):
+            self._drop()
+            self.refused = True
+            return None
+
+    def _send(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> http.client.HTTPResponse | None:
+        """The response to one request over this thread's connection, or None (and `refused`
+        set) when none came. A kept connection the server has closed meanwhile is replaced
+        once."""
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         for _ in range(2):
             kept = False
             try:
                 conn, kept = self._connection(parts.scheme, parts.hostname or "", parts.port)
-                conn.request("POST", target, body=body, headers={**self._headers, **headers})
-                resp = conn.getresponse()
-                return resp.status, resp.read()
+                conn.request(method, target, body=body, headers={**self._headers, **headers})
+                return conn.getresponse()
             except (OSError, http.client.HTTPException, ValueError):
                 self._drop()
-                if not kept:  # a kept connection found closed is replaced once
+                if not kept:
                     break
         self.refused = True
         return None
