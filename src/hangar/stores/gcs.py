@@ -709,7 +709,7 @@ class GcsStore:
             stored = json.loads(raw)
         except ValueError:
             return None
-        if _b64_md5_hex(stored.get("md5Hash")) != md5:
+        if not isinstance(stored, dict) or _b64_md5_hex(stored.get("md5Hash")) != md5:
             return None
         return ObjectInfo(
             key=key, size=len(data), mtime_ns=mtime_ns, md5=md5, etag=stored.get("etag")
