@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -200,13 +200,21 @@ def parse_crc32(value: str | None) -> str | None:
     return value if _CRC32_HEX.match(value) else None
 
 
+def join_checksums(
+    crcs: Sequence[int], step: int, size: int, combine: Callable[[int, int, int], int]
+) -> int:
+    """The CRC of `size` bytes from the CRCs of their consecutive slices of `step` bytes (the
+    last one shorter); `combine(crc_a, crc_b, len_b)` is the CRC's crc32_combine."""
+    total = 0
+    for start, crc in zip(range(0, size, step), crcs, strict=True):
+        total = combine(total, crc, min(step, size - start))
+    return total
+
+
 def combined_crc32(crcs: Sequence[int], step: int, size: int) -> str:
     """The CRC-32 (8 hex digits) of `size` bytes from the CRC-32s of their consecutive slices
     of `step` bytes (the last one shorter)."""
-    total = 0
-    for start, crc in zip(range(0, size, step), crcs, strict=True):
-        total = crc32_combine(total, crc, min(step, size - start))  # zlib-ng's, in C
-    return f"{total:08x}"
+    return f"{join_checksums(crcs, step, size, crc32_combine):08x}"  # zlib-ng's, in C
 
 
 def file_crc32(path: str | Path, workers: int = 0) -> str:

@@ -62,6 +62,7 @@ from hangar.stores._common import (
     atomic_download,
     check_key,
     check_part_size,
+    join_checksums,
     norm_prefix,
     parse_int,
     parse_md5,
@@ -143,14 +144,6 @@ def _crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
     return _multmodp(p, crc1) ^ crc2
 
 
-def _crc32c_join(crcs: Sequence[int], step: int, size: int) -> int:
-    """The CRC-32C of `size` bytes from those of their consecutive slices of `step` bytes."""
-    total = 0
-    for start, crc in zip(range(0, size, step), crcs, strict=True):
-        total = _crc32c_combine(total, crc, min(step, size - start))
-    return total
-
-
 class _Corrupt(Exception):
     """The bytes of a download do not have the object's CRC32C."""
 
@@ -221,6 +214,7 @@ class GcsStore:
         self._local = threading.local()
         self._small: list[RangeReader | None] = []  # see _get_direct: made once, if usable
         self._auth_lock = threading.Lock()
+        self._token_transport: Any = None  # google-auth's, for refreshing a token
 
     # -- settings and clients ----------------------------------------------------------------
     @property
@@ -603,7 +597,7 @@ class GcsStore:
                     out.fileno(), size, fetch, progress,
                     checksum="crc32c", where=f"{self.bucket_url}/{full}",
                 )  # fmt: skip
-                actual = _crc32c_join(crcs, _ranges.RANGE_SIZE, size)
+                actual = join_checksums(crcs, _ranges.RANGE_SIZE, size, _crc32c_combine)
                 if expected is not None and actual != expected:
                     raise _Corrupt(actual)  # leaving the block by an exception removes the file
         except _Corrupt:
@@ -618,10 +612,15 @@ class GcsStore:
         URL of this generation."""
         return self._direct_reader(self._media_url(full, generation))
 
-    def _media_url(self, full: str, generation: int | None = None) -> str:
+    def _api_url(self, path: str) -> str:
+        """`path` under the JSON API's endpoint (the emulator's, else Google's)."""
         base = (self.settings.endpoint or "https://storage.googleapis.com").rstrip("/")
-        url = f"{base}/download/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(full, safe='')}"
-        return f"{url}?alt=media" + (f"&generation={generation}" if generation else "")
+        return f"{base}/{path}"
+
+    def _media_url(self, full: str, generation: int | None = None) -> str:
+        bucket, name = quote(self.bucket, safe=""), quote(full, safe="")
+        url = self._api_url(f"download/storage/v1/b/{bucket}/o/{name}?alt=media")
+        return url + (f"&generation={generation}" if generation else "")
 
     def _direct_reader(self, url: str) -> RangeReader | None:
         """The standard library's client (stores/_direct.py) on `url`, or on the URL each call
@@ -649,7 +648,11 @@ class GcsStore:
         credentials = self.settings.credentials
         if credentials is not None:
             with self._auth_lock:
-                credentials.before_request(Request(), "GET", self._media_url(""), headers)
+                if self._token_transport is None:  # one, not a requests.Session per request
+                    self._token_transport = Request()
+                credentials.before_request(
+                    self._token_transport, "GET", self._media_url(""), headers
+                )
         return headers
 
     def _shared_reader(self) -> RangeReader | None:
@@ -689,8 +692,9 @@ class GcsStore:
             "Content-Type: application/octet-stream\r\n\r\n"
         )
         body = b"".join((head.encode(), data, f"\r\n--{boundary}--\r\n".encode()))
-        base = (self.settings.endpoint or "https://storage.googleapis.com").rstrip("/")
-        url = f"{base}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o?uploadType=multipart"
+        url = self._api_url(
+            f"upload/storage/v1/b/{quote(self.bucket, safe='')}/o?uploadType=multipart"
+        )
         try:
             headers = {"Content-Type": f"multipart/related; boundary={boundary}"}
             headers.update(self._auth_headers())
